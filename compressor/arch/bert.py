@@ -1,0 +1,23 @@
+from .base import ArchSpec, register
+
+# BertSelfAttention (transformers 4.57) reshapes with its own num_attention_heads and
+# all_head_size attributes, so per-layer head counts only need those two updated.
+BERT = register(
+    ArchSpec(
+        name="bert",
+        model_types=("bert",),
+        layers="encoder.layer",
+        attn_core="attention.self",
+        query="attention.self.query",
+        key="attention.self.key",
+        value="attention.self.value",
+        attn_out="attention.output.dense",
+        ffn_in="intermediate.dense",
+        ffn_out="output.dense",
+        num_heads="num_attention_heads",
+        head_dim="attention_head_size",
+        width_attrs=("all_head_size",),
+        summary_token="first",
+        empty_attention_returns="context",
+    )
+)

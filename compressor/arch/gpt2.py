@@ -1,0 +1,22 @@
+from .base import ArchSpec, register
+
+# GPT2Attention splits c_attn's output with split_size and reshapes with head_dim, so
+# split_size is the width attribute. c_attn is one Conv1D laid out [q | k | v].
+GPT2 = register(
+    ArchSpec(
+        name="gpt2",
+        model_types=("gpt2",),
+        layers="h",
+        attn_core="attn",
+        qkv="attn.c_attn",
+        attn_out="attn.c_proj",
+        ffn_in="mlp.c_fc",
+        ffn_out="mlp.c_proj",
+        num_heads="num_heads",
+        head_dim="head_dim",
+        width_attrs=("split_size",),
+        summary_token="last",
+        causal=True,
+        empty_attention_returns="projection",
+    )
+)

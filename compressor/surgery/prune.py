@@ -1,0 +1,112 @@
+"""Physical removal of attention heads and FFN neurons.
+
+Removing head h of a layer drops its slice [h*d, (h+1)*d) from the q/k/v outputs and
+from the out projection's inputs; removing neuron j drops ffn_in's output j and
+ffn_out's input j. Both are exact: the result equals the original with those heads'
+contexts (or those neurons' activations) multiplied by zero.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..arch.base import Adapter, adapter_for, is_conv1d
+from ..types import PruningPlan
+from .modules import EmptyAttention, slice_projection
+
+
+def _head_feature_index(keep_heads: list[int], head_dim: int) -> torch.Tensor:
+    # [kept * head_dim] feature indices of the kept heads, in order
+    if not keep_heads:
+        return torch.zeros(0, dtype=torch.long)
+    heads = torch.tensor(keep_heads, dtype=torch.long)
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+def remove_heads(adapter: Adapter, layer: int, heads: Iterable[int]) -> None:
+    spec = adapter.spec
+    remove = set(int(h) for h in heads)
+    if not remove:
+        return
+    n_heads, head_dim = adapter.num_heads(layer), adapter.head_dim(layer)
+    keep = [h for h in range(n_heads) if h not in remove]
+    index = _head_feature_index(keep, head_dim)
+    if spec.qkv is not None:
+        width = n_heads * head_dim
+        qkv_index = torch.cat([index, index + width, index + 2 * width])  # [3 * kept * d]
+        adapter.set_module(layer, "qkv", slice_projection(adapter.module(layer, "qkv"), qkv_index, "out"))
+    else:
+        for role in ("query", "key", "value"):
+            adapter.set_module(layer, role, slice_projection(adapter.module(layer, role), index, "out"))
+    adapter.set_module(layer, "attn_out", slice_projection(adapter.module(layer, "attn_out"), index, "in"))
+
+    core = adapter.module(layer, "attn_core")
+    attrs = {spec.num_heads: len(keep), **{a: len(keep) * head_dim for a in spec.width_attrs}}
+    for name, value in attrs.items():
+        setattr(core, name, value)
+    if not keep and not isinstance(core, EmptyAttention):
+        attn_out_name = None
+        if spec.empty_attention_returns == "projection":
+            # the out projection lives inside attn_core: its path relative to it
+            attn_out_name = spec.attn_out[len(spec.attn_core) + 1 :]
+        attrs[spec.head_dim] = head_dim
+        empty = EmptyAttention(core, spec.empty_attention_returns, attrs, attn_out_name)
+        empty.train(core.training)
+        adapter.set_module(layer, "attn_core", empty)
+
+
+def remove_neurons(adapter: Adapter, layer: int, neurons: Iterable[int]) -> None:
+    remove = set(int(j) for j in neurons)
+    if not remove:
+        return
+    size = adapter.ffn_size(layer)
+    index = torch.tensor([j for j in range(size) if j not in remove], dtype=torch.long)
+    adapter.set_module(layer, "ffn_in", slice_projection(adapter.module(layer, "ffn_in"), index, "out"))
+    adapter.set_module(layer, "ffn_out", slice_projection(adapter.module(layer, "ffn_out"), index, "in"))
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan, inplace: bool = False) -> nn.Module:
+    """Remove the plan's heads and neurons; returns the pruned model.
+
+    The plan is validated against the model first, so a bad plan changes nothing.
+    """
+    adapter = adapter_for(model)
+    plan.validate(adapter.layout())
+    if not inplace:
+        model = copy.deepcopy(model)
+        adapter = adapter_for(model)
+    for layer, heads in plan.heads.items():
+        remove_heads(adapter, layer, heads)
+    for layer, neurons in plan.neurons.items():
+        remove_neurons(adapter, layer, neurons)
+    return model
+
+
+@torch.no_grad()
+def mask_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """A copy of the model with the plan's heads/neurons zeroed instead of removed.
+
+    This is the reference the surgery must match: zeroing the out projection's inputs
+    of a head equals multiplying its context by zero (what ``head_mask`` used to do).
+    """
+    adapter = adapter_for(model)
+    plan.validate(adapter.layout())
+    model = copy.deepcopy(model)
+    adapter = adapter_for(model)
+
+    def zero_inputs(module: nn.Module, index: torch.Tensor) -> None:
+        if is_conv1d(module):
+            module.weight[index, :] = 0  # [in, out]
+        else:
+            module.weight[:, index] = 0  # [out, in]
+
+    for layer, heads in plan.heads.items():
+        index = _head_feature_index(sorted(heads), adapter.head_dim(layer))
+        zero_inputs(adapter.module(layer, "attn_out"), index)
+    for layer, neurons in plan.neurons.items():
+        zero_inputs(adapter.module(layer, "ffn_out"), torch.tensor(sorted(neurons), dtype=torch.long))
+    return model
