@@ -1,0 +1,83 @@
+"""The one batched forward pass that feeds every data-driven scorer.
+
+Per batch it exposes, only when some scorer needs them:
+- attention maps, [batch, heads, q, k] per layer (eager attention, padding keys get 0);
+- FFN activations after the nonlinearity at the [CLS]-like token, [batch, neurons]
+  per layer, read by a pre-hook on ffn_out (its input is exactly that activation).
+Scorers reduce each batch as it comes, so nothing is kept across batches here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .arch.base import Adapter
+from .data.calibration import Batch
+from .scorers.base import CaptureBatch, Scorer
+
+
+def summary_positions(adapter: Adapter, attention_mask: torch.Tensor) -> torch.Tensor:
+    # [batch]: [CLS] is first in BERT-style models; a causal model's summary of the
+    # whole input is its last real token (inputs are right-padded).
+    if adapter.spec.summary_token == "first":
+        return torch.zeros(attention_mask.shape[0], dtype=torch.long)
+    return attention_mask.sum(1).long() - 1
+
+
+@torch.no_grad()
+def run_capture(
+    model: torch.nn.Module,
+    adapter: Adapter,
+    batches: Sequence[Batch],
+    scorers: Sequence[Scorer],
+    progress: bool = True,
+) -> None:
+    needs = set().union(*(s.needs for s in scorers)) if scorers else set()
+    active = [s for s in scorers if s.needs]
+    if not active:
+        return
+    want_attn = "attentions" in needs
+    want_ffn = "ffn_summary" in needs
+    if want_attn and model.config._attn_implementation != "eager":
+        raise RuntimeError("attention maps need a model loaded with attn_implementation='eager'")
+
+    ffn: list[torch.Tensor | None] = [None] * len(adapter.layers)
+    state: dict[str, torch.Tensor] = {}
+    handles = []
+    if want_ffn:
+        for i in range(len(adapter.layers)):
+
+            def hook(module, args, i=i):
+                acts = args[0]  # [batch, seq, neurons]
+                ffn[i] = acts[torch.arange(acts.shape[0]), state["summary"]]  # [batch, neurons]
+
+            handles.append(adapter.module(i, "ffn_out").register_forward_pre_hook(hook))
+    # Causal models would otherwise build a key/value cache nobody reads.
+    extra = {"use_cache": False} if adapter.spec.causal else {}
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc="capture", unit="batch", disable=not progress):
+            state["summary"] = summary_positions(adapter, batch.attention_mask)
+            out = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                output_attentions=want_attn,
+                **extra,
+            )
+            cb = CaptureBatch(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                summary_index=state["summary"],
+                attentions=tuple(out.attentions) if want_attn else None,
+                ffn_summary=tuple(ffn) if want_ffn else None,
+            )
+            for s in active:
+                s.update(cb)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)

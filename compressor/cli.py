@@ -1,0 +1,81 @@
+"""Command line: ``compress --recipe FILE`` and subcommands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import CompressorError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+class _Group(click.Group):
+    """Turns user errors raised anywhere below into one line and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CompressorError as e:
+            _fail(str(e))
+
+
+@click.group(cls=_Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), help="Recipe YAML to run.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default runs/<recipe name>/).")
+@click.option("--model", "model", default=None, help="Override the recipe's model: 'default', a local folder or a hub id.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def main(ctx, recipe, output, model, overwrite, quiet):
+    """Compress a transformer as a recipe says: score, plan, cut, save, report.
+
+    \b
+    compress --recipe recipes/obce-50.yaml
+    compress prune --model MODEL --plan plan.json --output DIR
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if ctx.invoked_subcommand is not None:
+        if recipe is not None:
+            raise CompressorError("--recipe runs a whole recipe; it cannot be combined with a subcommand")
+        return
+    if recipe is None:
+        click.echo(ctx.get_help())
+        return
+    from .pipeline import run_recipe
+    from .recipe import load_recipe
+
+    r = load_recipe(recipe)
+    metrics = run_recipe(r, output=output, overwrite=overwrite, model=model, progress=not quiet)
+    out = output if output is not None else Path(r.output or Path("runs") / r.name)
+    b, a = metrics["before"], metrics["after"]
+    click.echo(
+        f"{r.name}: parameters {b['parameters']:,} -> {a['parameters']:,} "
+        f"({metrics['parameters_kept_share']:.1%} kept), encoder FLOPs/token "
+        f"{metrics['flops_kept_share']:.1%} kept, heads {sum(b['heads_per_layer'])} -> {sum(a['heads_per_layer'])}, "
+        f"FFN neurons {sum(b['ffn_per_layer'])} -> {sum(a['ffn_per_layer'])}"
+    )
+    click.echo(f"wrote {out}/ (model/, plan.json, scores/, metrics.json, report.html)")
+
+
+@main.command()
+@click.option("--model", "model", required=True, help="Model to prune: 'default', a local folder or a hub id.")
+@click.option("--plan", "plan", required=True, type=click.Path(dir_okay=False, path_type=Path), help="plan.json to replay.")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the pruned model.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+def prune(model, plan, output, overwrite):
+    """Replay a saved pruning plan on a model."""
+    from .pipeline import run_plan
+
+    res = run_plan(model, plan, output, overwrite)
+    click.echo(f"parameters {res['before']['parameters']:,} -> {res['after']['parameters']:,}; wrote {output}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Calibration inputs: batches of (input_ids, attention_mask), right-padded.
+
+- random_tokens: random vocabulary ids wrapped in the model's special tokens, lengths
+  uniform in [min_length, max_length]. Needs no data at all (zero-shot).
+- text_file: one text per line, the first num_sequences non-empty lines.
+- glue: a GLUE task's texts from a local TSV folder or the hub.
+
+Sequences are sorted by length before batching so padding (wasted compute) is small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CompressorError
+from ..recipe import CalibrationConfig
+from .glue import glue_texts
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [batch, seq]
+    attention_mask: torch.Tensor  # [batch, seq]
+
+
+def _special_ids(tokenizer, config) -> tuple[list[int], list[int], set[int]]:
+    """(prefix, suffix, all special ids) that wrap one sequence for this model."""
+    if tokenizer is not None:
+        wrapped = tokenizer.build_inputs_with_special_tokens([-1])
+        at = wrapped.index(-1)
+        return wrapped[:at], wrapped[at + 1 :], set(tokenizer.all_special_ids)
+    specials = {getattr(config, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id")} - {None}
+    return [], [], specials
+
+
+def _pad_id(tokenizer, config) -> int:
+    for src in (tokenizer, config):
+        for attr in ("pad_token_id", "eos_token_id"):
+            v = getattr(src, attr, None) if src is not None else None
+            if v is not None:
+                return int(v)
+    return 0
+
+
+def _batches(seqs: list[list[int]], batch_size: int, pad_id: int) -> list[Batch]:
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = []
+    for start in range(0, len(order), batch_size):
+        chunk = [seqs[i] for i in order[start : start + batch_size]]
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, s in enumerate(chunk):
+            ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[row, : len(s)] = 1
+        out.append(Batch(ids, mask))
+    return out
+
+
+def random_token_sequences(cfg: CalibrationConfig, tokenizer, config, seed: int) -> list[list[int]]:
+    prefix, suffix, specials = _special_ids(tokenizer, config)
+    vocab = int(config.vocab_size) if tokenizer is None else min(len(tokenizer), int(config.vocab_size))
+    candidates = np.setdiff1d(np.arange(vocab), np.array(sorted(specials), dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    n_special = len(prefix) + len(suffix)
+    lengths = rng.integers(max(cfg.min_length, n_special + 1), max(cfg.max_length, n_special + 1) + 1, cfg.num_sequences)
+    return [prefix + candidates[rng.integers(0, len(candidates), int(n) - n_special)].tolist() + suffix for n in lengths]
+
+
+def _encode_texts(texts: list[tuple[str, ...]], tokenizer, cfg: CalibrationConfig) -> list[list[int]]:
+    if tokenizer is None:
+        raise CompressorError(f"calibration source '{cfg.source}' needs a tokenizer, and the model folder has none")
+    out = []
+    for t in texts[: cfg.num_sequences]:
+        enc = tokenizer(*t, truncation=True, max_length=cfg.max_length)
+        out.append(list(enc["input_ids"]))
+    return out
+
+
+def calibration_batches(cfg: CalibrationConfig, tokenizer, config, seed: int) -> list[Batch]:
+    pad = _pad_id(tokenizer, config)
+    if cfg.source == "random_tokens":
+        seqs = random_token_sequences(cfg, tokenizer, config, seed)
+    elif cfg.source == "text_file":
+        path = Path(cfg.path).expanduser()
+        if not path.is_file():
+            raise CompressorError(f"calibration text file not found: {path}")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        texts = [(ln,) for ln in lines if ln]
+        if not texts:
+            raise CompressorError(f"calibration text file {path} has no non-empty line")
+        seqs = _encode_texts(texts, tokenizer, cfg)
+    elif cfg.source == "glue":
+        seqs = _encode_texts(glue_texts(cfg.task, cfg.data_dir, cfg.split), tokenizer, cfg)
+    else:  # the recipe schema already limits the choices
+        raise ValueError(cfg.source)
+    return _batches(seqs, cfg.batch_size, pad)

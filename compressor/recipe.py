@@ -1,0 +1,235 @@
+"""Recipes: YAML files that say what to compress and how. Strictly validated.
+
+Example (recipes/obce-50.yaml):
+
+    model: default
+    seed: 0
+    calibration: {source: random_tokens, num_sequences: 256}
+    scorers:
+      - name: persistence
+    targets:
+      neurons: {scorer: persistence, percentile: 50}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import RecipeError
+from .schema import Field, check_mapping, check_value
+
+CALIBRATION_SOURCES = ("random_tokens", "text_file", "glue")
+
+TOP = {
+    "model": Field("str", "default", help="'default' (embedded MiniLM), a local folder or a hub id"),
+    "seed": Field("int", 0, lo=0),
+    "calibration": Field("mapping", None, nullable=True),
+    "scorers": Field("list", None, nullable=True),
+    "targets": Field("mapping", None, nullable=True),
+    "output": Field("str", None, nullable=True),
+    # Stages that later releases fill in; accepted only as null for now so a recipe
+    # written for them fails loudly instead of silently skipping a stage.
+    "finetune": Field("mapping", None, nullable=True),
+    "export": Field("mapping", None, nullable=True),
+    "evaluate": Field("mapping", None, nullable=True),
+    "description": Field("str", None, nullable=True),
+}
+
+CALIBRATION = {
+    "source": Field("choice", "random_tokens", choices=CALIBRATION_SOURCES),
+    "num_sequences": Field("int", 256, lo=1),
+    "batch_size": Field("int", 32, lo=1),
+    "min_length": Field("int", 16, lo=2),
+    "max_length": Field("int", 128, lo=2, hi=4096),
+    "path": Field("str", None, nullable=True, help="text_file: one text per line"),
+    "task": Field("str", None, nullable=True, help="glue: task name"),
+    "data_dir": Field("str", None, nullable=True, help="glue: folder in the GLUE TSV layout"),
+    "split": Field("choice", "train", choices=("train", "dev", "validation", "test")),
+}
+
+HEAD_TARGET = {
+    "scorer": Field("str", None, nullable=True),
+    "ratio": Field("float", lo=0.0, hi=1.0, help="share of heads removed"),
+    "scope": Field("choice", "global", choices=("global", "per_layer")),
+    "min_per_layer": Field("int", 0, lo=0),
+}
+
+NEURON_TARGET = {
+    "scorer": Field("str", None, nullable=True),
+    "ratio": Field("float", None, lo=0.0, hi=1.0, nullable=True, help="share of neurons removed"),
+    "percentile": Field("float", None, lo=0.0, hi=100.0, nullable=True, help="remove scores below it"),
+    "scope": Field("choice", "per_layer", choices=("per_layer", "global")),
+    "min_per_layer": Field("int", 1, lo=0),
+}
+
+SCORER_ENTRY = {"name": Field("str"), "params": Field("mapping", None, nullable=True)}
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    source: str = "random_tokens"
+    num_sequences: int = 256
+    batch_size: int = 32
+    min_length: int = 16
+    max_length: int = 128
+    path: str | None = None
+    task: str | None = None
+    data_dir: str | None = None
+    split: str = "train"
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeadTarget:
+    ratio: float
+    scorer: str | None = None
+    scope: str = "global"
+    min_per_layer: int = 0
+
+
+@dataclass(frozen=True)
+class NeuronTarget:
+    scorer: str | None = None
+    ratio: float | None = None
+    percentile: float | None = None
+    scope: str = "per_layer"
+    min_per_layer: int = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: str = "default"
+    seed: int = 0
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    scorers: tuple[ScorerConfig, ...] = ()
+    heads: HeadTarget | None = None
+    neurons: NeuronTarget | None = None
+    output: str | None = None
+    description: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_calibration(self) -> bool:
+        from .scorers import SCORERS
+
+        return any(SCORERS.get(s.name).needs for s in self.scorers)
+
+
+def _check_calibration(data: Any) -> CalibrationConfig:
+    c = CalibrationConfig(**check_mapping(data, CALIBRATION, "calibration"))
+    if c.min_length > c.max_length:
+        raise RecipeError(
+            f"recipe field 'calibration.min_length' must be <= calibration.max_length ({c.max_length}); got {c.min_length}"
+        )
+    if c.source == "text_file" and not c.path:
+        raise RecipeError("recipe field 'calibration.path' is required when calibration.source is text_file")
+    if c.source == "glue" and not c.task:
+        raise RecipeError("recipe field 'calibration.task' is required when calibration.source is glue")
+    return c
+
+
+def _check_scorers(data: list | None) -> tuple[ScorerConfig, ...]:
+    from .scorers import SCORERS
+
+    out = []
+    for i, entry in enumerate(data or []):
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        d = check_mapping(entry, SCORER_ENTRY, f"scorers[{i}]")
+        if d["name"] not in SCORERS:
+            raise RecipeError(
+                f"recipe field 'scorers[{i}].name' names unknown scorer '{d['name']}'; "
+                f"available: {', '.join(SCORERS.names())}"
+            )
+        params = SCORERS.get(d["name"]).check_params(d["params"] or {}, f"scorers[{i}].params")
+        out.append(ScorerConfig(d["name"], params))
+    names = [s.name for s in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise RecipeError(f"recipe field 'scorers' lists scorer '{sorted(dup)[0]}' twice")
+    return tuple(out)
+
+
+def _pick_scorer(target_field: str, wanted: str | None, kind: str, scorers: tuple[ScorerConfig, ...]) -> str:
+    from .scorers import SCORERS
+
+    able = [s.name for s in scorers if kind in SCORERS.get(s.name).produces]
+    if wanted is not None:
+        if wanted not in able:
+            raise RecipeError(
+                f"recipe field '{target_field}.scorer' is '{wanted}', which is not a listed scorer "
+                f"that scores {kind}; listed ones that do: {', '.join(able) or 'none'}"
+            )
+        return wanted
+    if len(able) != 1:
+        raise RecipeError(
+            f"recipe field '{target_field}.scorer' must name one of the scorers that score {kind}: "
+            f"{', '.join(able) or 'none is listed in scorers'}"
+        )
+    return able[0]
+
+
+def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
+    top = check_mapping(data, TOP)
+    for stage in ("finetune", "export", "evaluate"):
+        if top[stage] is not None:
+            raise RecipeError(f"recipe field '{stage}' is not supported by this version yet; remove it or set it to null")
+    calibration = _check_calibration(top["calibration"])
+    scorers = _check_scorers(top["scorers"])
+    targets = check_mapping(
+        top["targets"],
+        {"heads": Field("mapping", None, nullable=True), "neurons": Field("mapping", None, nullable=True)},
+        "targets",
+    )
+    heads = neurons = None
+    if targets["heads"] is not None:
+        heads = HeadTarget(**check_mapping(targets["heads"], HEAD_TARGET, "targets.heads"))
+        heads = HeadTarget(**{**heads.__dict__, "scorer": _pick_scorer("targets.heads", heads.scorer, "heads", scorers)})
+    if targets["neurons"] is not None:
+        neurons = NeuronTarget(**check_mapping(targets["neurons"], NEURON_TARGET, "targets.neurons"))
+        if (neurons.ratio is None) == (neurons.percentile is None):
+            raise RecipeError("recipe field 'targets.neurons' must set exactly one of ratio (0..1) or percentile (0..100)")
+        neurons = NeuronTarget(
+            **{**neurons.__dict__, "scorer": _pick_scorer("targets.neurons", neurons.scorer, "neurons", scorers)}
+        )
+    return Recipe(
+        name=name,
+        model=top["model"],
+        seed=top["seed"],
+        calibration=calibration,
+        scorers=scorers,
+        heads=heads,
+        neurons=neurons,
+        output=top["output"],
+        description=top["description"],
+        raw=data or {},
+    )
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"recipe file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"recipe {p} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    return parse_recipe(data, name=p.stem)
+
+
+__all__ = ["Recipe", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "load_recipe", "parse_recipe", "check_value"]

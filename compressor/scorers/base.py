@@ -1,0 +1,76 @@
+"""Scorer protocol.
+
+A scorer ranks heads and/or FFN neurons (higher score = keep). It never changes
+weights. Data-driven scorers are streaming reducers: the single capture pass calls
+``update`` once per batch, then ``finish`` once; memory grows with the batch, not with
+the number of calibration sequences (unless the method itself needs every sample,
+like persistence, which keeps N x neurons floats per layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..arch.base import Adapter, Layout, is_conv1d
+from ..registry import Registry
+from ..schema import Field, check_mapping
+from ..types import Scores
+
+
+@dataclass
+class ScoringContext:
+    model: nn.Module  # read only
+    adapter: Adapter
+    layout: Layout
+    seed: int
+
+
+@dataclass
+class CaptureBatch:
+    """What one forward pass over one calibration batch exposes to the scorers."""
+
+    input_ids: torch.Tensor  # [batch, seq]
+    attention_mask: torch.Tensor  # [batch, seq] 1 = real token
+    summary_index: torch.Tensor  # [batch] position of the [CLS]-like token
+    attentions: tuple[torch.Tensor, ...] | None  # per layer [batch, heads_l, seq(q), seq(k)]
+    ffn_summary: tuple[torch.Tensor, ...] | None  # per layer [batch, neurons_l], after the activation
+
+
+class Scorer:
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"attentions", "ffn_summary"}
+    produces: ClassVar[frozenset[str]] = frozenset()  # subset of {"heads", "neurons"}
+    params: ClassVar[dict[str, Field]] = {}
+
+    @classmethod
+    def check_params(cls, data: dict[str, Any], path: str) -> dict[str, Any]:
+        return check_mapping(data, cls.params, path)
+
+    def __init__(self, **params: Any) -> None:
+        self.p = self.check_params(params, f"scorers.{self.name}.params")
+
+    def begin(self, ctx: ScoringContext) -> None:
+        self.ctx = ctx
+
+    def update(self, batch: CaptureBatch) -> None:
+        """Called once per calibration batch; scorers with no ``needs`` are never called."""
+
+    def finish(self) -> Scores:
+        raise NotImplementedError
+
+
+SCORERS: Registry[type[Scorer]] = Registry("scorer")
+
+
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    return SCORERS.register(cls.name)(cls)
+
+
+def weight_out_in(module: nn.Module) -> torch.Tensor:
+    """A projection's weight as [out, in], whatever its storage (Linear or Conv1D)."""
+    w = module.weight.detach()
+    return w.t() if is_conv1d(module) else w

@@ -1,0 +1,62 @@
+"""Baselines every research scorer must beat: weight magnitude and random."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..schema import Field
+from ..types import HeadScores, NeuronScores, Scores
+from .base import Scorer, register_scorer, weight_out_in
+
+
+@register_scorer
+class MagnitudeScorer(Scorer):
+    """L2 norm of all weights coupled to a head or neuron (Torch-Pruning's group norm).
+
+    Head h: its rows of q, k and v (or of the fused qkv) and its input columns of the
+    out projection. Neuron j: ffn_in's row j with its bias and ffn_out's column j.
+    """
+
+    name = "magnitude"
+    produces = frozenset({"heads", "neurons"})
+
+    def finish(self) -> Scores:
+        a, layout = self.ctx.adapter, self.ctx.layout
+        heads, neurons = [], []
+        for i in range(layout.num_layers):
+            n, d = a.num_heads(i), a.head_dim(i)
+            if a.spec.qkv is not None:
+                w = weight_out_in(a.module(i, "qkv"))  # [3 * n * d, hidden]
+                sq = w.pow(2).sum(1).view(3, n, d).sum((0, 2))  # [n]
+            else:
+                sq = sum(weight_out_in(a.module(i, r)).pow(2).sum(1).view(n, d).sum(1) for r in ("query", "key", "value"))
+            out = weight_out_in(a.module(i, "attn_out"))  # [hidden, n * d]
+            sq = sq + out.pow(2).sum(0).view(n, d).sum(1)
+            heads.append(tuple(sq.sqrt().tolist()))
+
+            ffn_in, ffn_out = a.module(i, "ffn_in"), a.module(i, "ffn_out")
+            sq = weight_out_in(ffn_in).pow(2).sum(1) + weight_out_in(ffn_out).pow(2).sum(0)  # [neurons]
+            if ffn_in.bias is not None:
+                sq = sq + ffn_in.bias.detach().pow(2)
+            neurons.append(sq.sqrt().double().numpy())
+        return Scores(HeadScores(self.name, tuple(heads)), NeuronScores(self.name, tuple(neurons)))
+
+
+@register_scorer
+class RandomScorer(Scorer):
+    """Uniform random scores from the recipe's seed: the floor any method should clear."""
+
+    name = "random"
+    produces = frozenset({"heads", "neurons"})
+    params = {"seed": Field("int", None, lo=0, nullable=True, help="defaults to the recipe seed")}
+
+    def finish(self) -> Scores:
+        layout = self.ctx.layout
+        seed = self.p["seed"] if self.p["seed"] is not None else self.ctx.seed
+        rng = np.random.default_rng(seed)
+        heads = tuple(tuple(rng.random(n).tolist()) for n in layout.heads_per_layer)
+        neurons = tuple(rng.random(f) for f in layout.ffn_per_layer)
+        return Scores(HeadScores(self.name, heads), NeuronScores(self.name, neurons))
+
+
+__all__ = ["MagnitudeScorer", "RandomScorer"]

@@ -1,0 +1,48 @@
+"""OBCE: FFN neurons ranked by the zero-dimensional persistence of their [CLS] outputs.
+
+Balderas, Lastra, Benitez, "Can persistent homology whiten Transformer-based
+black-box models? A case study on BERT compression" (arXiv 2312.10702). For every FFN
+neuron, its activation at the [CLS]-like token over N calibration inputs is a point
+cloud on the line; the H0 persistence of that cloud says how much the neuron varies
+across inputs, i.e. how much information it can carry. Low scores are removed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..schema import Field
+from ..topology.line_h0 import STATISTICS, death_statistic, line_h0_deaths
+from ..types import NeuronScores, Scores
+from .base import CaptureBatch, Scorer, register_scorer
+
+
+@register_scorer
+class PersistenceScorer(Scorer):
+    name = "persistence"
+    needs = frozenset({"ffn_summary"})
+    produces = frozenset({"neurons"})
+    params = {
+        # The paper does not define its statistic of the death times precisely; see
+        # benchmarks/persistence.py and the README for how the default was chosen.
+        "statistic": Field("choice", "max_death", choices=STATISTICS),
+        "radius": Field("float", 0.01, lo=0.0, help="count_above: bars longer than this count"),
+    }
+
+    def begin(self, ctx) -> None:
+        super().begin(ctx)
+        self._chunks: list[list[torch.Tensor]] = [[] for _ in range(ctx.layout.num_layers)]
+
+    def update(self, batch: CaptureBatch) -> None:
+        for layer, acts in enumerate(batch.ffn_summary):
+            self._chunks[layer].append(acts.detach().float().cpu())  # [batch, neurons]
+
+    def finish(self) -> Scores:
+        values = []
+        for chunks in self._chunks:
+            x = torch.cat(chunks, 0)  # [inputs, neurons]
+            deaths = line_h0_deaths(x)  # [neurons, inputs - 1]
+            score = death_statistic(deaths, self.p["statistic"], self.p["radius"])
+            values.append(score.numpy())
+        extras = {"statistic": self.p["statistic"], "inputs": int(sum(c.shape[0] for c in self._chunks[0]))}
+        return Scores(neurons=NeuronScores(self.name, tuple(values), extras))
