@@ -38,10 +38,13 @@ def _special_ids(tokenizer, config) -> tuple[list[int], list[int], set[int]]:
 
 
 def _pad_id(tokenizer, config) -> int:
+    """An id for padded positions. They are masked out, but still looked up in the
+    embedding table, so the id must exist there (GPT-2 has no pad token at all)."""
+    vocab = int(config.vocab_size)
     for src in (tokenizer, config):
         for attr in ("pad_token_id", "eos_token_id"):
             v = getattr(src, attr, None) if src is not None else None
-            if v is not None:
+            if v is not None and 0 <= int(v) < vocab:
                 return int(v)
     return 0
 

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+
+from compressor.errors import RecipeError
+from compressor.recipe import load_recipe, parse_recipe
+
+BASE = {"scorers": [{"name": "magnitude"}], "targets": {"heads": {"ratio": 0.5}}}
+
+
+def test_valid_recipe_fills_defaults():
+    r = parse_recipe(BASE)
+    assert r.model == "default" and r.heads.scorer == "magnitude" and r.heads.scope == "global"
+    assert r.calibration.source == "random_tokens" and r.neurons is None
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({**BASE, "modle": "x"}, r"unknown recipe field 'modle'; allowed: calibration, description, evaluate, "),
+        ({**BASE, "calibration": {"sorce": "glue"}}, r"unknown recipe field 'calibration.sorce'; allowed: batch_size"),
+        ({**BASE, "targets": {"heads": {"ratio": 1.5}}}, r"'targets.heads.ratio' must be a number in \[0, 1\]; got 1.5"),
+        ({**BASE, "targets": {"heads": {"ratio": "half"}}}, r"'targets.heads.ratio' must be a number"),
+        ({**BASE, "targets": {"heads": {"ratio": 0.5, "scope": "layer"}}}, r"must be one of global, per_layer; got 'layer'"),
+        ({**BASE, "scorers": [{"name": "magic"}]}, r"unknown scorer 'magic'; available: magnitude, persistence, random"),
+        ({**BASE, "scorers": [{"name": "persistence", "params": {"statistic": "max"}}]},
+         r"'scorers\[0\].params.statistic' must be one of max_death"),
+        ({**BASE, "calibration": {"source": "wiki"}}, r"'calibration.source' must be one of random_tokens, text_file, glue"),
+        ({**BASE, "calibration": {"batch_size": 0}}, r"'calibration.batch_size' must be an integer >= 1; got 0"),
+        ({**BASE, "calibration": {"min_length": 50, "max_length": 20}}, r"min_length' must be <= calibration.max_length"),
+        ({**BASE, "calibration": {"source": "text_file"}}, r"'calibration.path' is required"),
+        ({"scorers": ["persistence"], "targets": {"neurons": {"ratio": 0.5, "percentile": 50}}}, r"exactly one of ratio"),
+        ({"scorers": ["persistence"], "targets": {"heads": {"ratio": 0.5}}}, r"scorers that score heads: none"),
+        ({**BASE, "export": {"format": "onnx"}}, r"'export' is not supported by this version yet"),
+        ({**BASE, "seed": -1}, r"'seed' must be an integer >= 0"),
+        ([1, 2], r"recipe must be a mapping"),
+    ],
+)
+def test_bad_recipes_name_the_field(data, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(data)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("model: default\nscorers:\n  - name: [magnitude\n")
+    with pytest.raises(RecipeError, match=r"not valid YAML at line 4"):
+        load_recipe(p)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["obce-30", "obce-50", "obce-70", "magnitude-heads-50", "random-heads-50"])
+def test_shipped_recipes_are_valid(name):
+    from pathlib import Path
+
+    r = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / f"{name}.yaml")
+    assert r.name == name
+    if name.startswith("obce"):
+        assert r.neurons.percentile == float(name.split("-")[1]) and r.neurons.scorer == "persistence"
