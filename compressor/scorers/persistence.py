@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..schema import Field
-from ..topology.line_h0 import STATISTICS, death_statistic, line_h0_deaths
+from ..topology.line_h0 import STATISTICS, layer_scores
 from ..types import NeuronScores, Scores
 from .base import CaptureBatch, Scorer, register_scorer
 
@@ -38,11 +38,7 @@ class PersistenceScorer(Scorer):
             self._chunks[layer].append(acts.detach().float().cpu())  # [batch, neurons]
 
     def finish(self) -> Scores:
-        values = []
-        for chunks in self._chunks:
-            x = torch.cat(chunks, 0)  # [inputs, neurons]
-            deaths = line_h0_deaths(x)  # [neurons, inputs - 1]
-            score = death_statistic(deaths, self.p["statistic"], self.p["radius"])
-            values.append(score.numpy())
-        extras = {"statistic": self.p["statistic"], "inputs": int(sum(c.shape[0] for c in self._chunks[0]))}
+        layers = [torch.cat(chunks, 0) for chunks in self._chunks]  # per layer [inputs, neurons]
+        values = layer_scores(layers, self.p["statistic"], self.p["radius"])
+        extras = {"statistic": self.p["statistic"], "inputs": int(layers[0].shape[0]) if layers else 0}
         return Scores(neurons=NeuronScores(self.name, tuple(values), extras))

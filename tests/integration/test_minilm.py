@@ -1,0 +1,88 @@
+"""End to end on the real all-MiniLM-L6-v2 and the real data in ../shared/data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from compressor import PruningPlan, apply_plan, load_model, mask_plan
+from compressor.arch import adapter_for
+from compressor.cli import main
+from compressor.data.calibration import calibration_batches
+from compressor.models import load_tokenizer
+from compressor.recipe import CalibrationConfig
+from tests.conftest import SHARED
+
+pytestmark = pytest.mark.integration
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("default")
+
+
+def test_default_model_is_real_minilm(minilm):
+    layout = adapter_for(minilm).layout()
+    assert layout.heads_per_layer == (12,) * 6 and layout.ffn_per_layer == (1536,) * 6
+    assert sum(p.numel() for p in minilm.parameters()) == 22_713_216
+
+
+def test_pruned_minilm_equals_masked(minilm, tokenizer):
+    g = torch.Generator().manual_seed(0)
+    plan = PruningPlan.build(
+        heads={i: torch.randperm(12, generator=g)[: 2 * i].tolist() for i in range(6)} | {3: list(range(12))},
+        neurons={i: torch.randperm(1536, generator=g)[: 250 * i].tolist() for i in range(6)},
+    )
+    enc = tokenizer(["a gripping , funny film .", "the plot goes nowhere and the actors know it"], padding=True,
+                    return_tensors="pt")
+    with torch.no_grad():
+        a = apply_plan(minilm, plan)(**enc).last_hidden_state
+        b = mask_plan(minilm, plan)(**enc).last_hidden_state
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_obce50_recipe_end_to_end(tmp_path):
+    """The README's main job on the real model: about half of the FFN neurons go,
+    the result reloads exactly, heads are untouched."""
+    out = tmp_path / "obce"
+    res = CliRunner().invoke(
+        main, ["--recipe", str(REPO / "recipes" / "obce-50.yaml"), "--output", str(out), "--quiet"],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    kept = m["after"]["ffn_per_layer"]
+    assert all(760 <= k <= 776 for k in kept), kept  # ~50% of 1536 per layer
+    assert m["after"]["heads_per_layer"] == [12] * 6
+    assert 0.80 < m["parameters_kept_share"] < 0.87
+    model = load_model(str(out / "model"))
+    assert list(adapter_for(model).layout().ffn_per_layer) == kept
+    plan = PruningPlan.load(out / "plan.json")
+    original = load_model("default")
+    tok = load_tokenizer(str(out / "model"))
+    enc = tok(["persistence keeps what varies ."], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**enc).last_hidden_state, apply_plan(original, plan)(**enc).last_hidden_state,
+                                   atol=0, rtol=0)
+
+
+def test_real_text_calibration_sources(tokenizer, minilm):
+    wiki = SHARED / "wikitext-2" / "valid.txt"
+    cfg = CalibrationConfig(source="text_file", path=str(wiki), num_sequences=40, batch_size=16, max_length=64)
+    batches = calibration_batches(cfg, tokenizer, minilm.config, 0)
+    assert sum(len(b.input_ids) for b in batches) == 40
+    cfg = CalibrationConfig(source="glue", task="mrpc", data_dir=str(SHARED / "glue"), split="dev",
+                            num_sequences=30, batch_size=16, max_length=128)
+    batches = calibration_batches(cfg, tokenizer, minilm.config, 0)
+    assert sum(len(b.input_ids) for b in batches) == 30
+    # sentence pairs: two [SEP]s in every row
+    assert all(((b.input_ids == tokenizer.sep_token_id).sum(1) == 2).all() for b in batches)
