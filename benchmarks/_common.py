@@ -30,9 +30,9 @@ def machine() -> dict:
 def report(name: str, rows: list[dict], extra: dict) -> Path:
     cols = list(rows[0])
     widths = [max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
     for r in rows:
-        print("  ".join(_fmt(r[c]).ljust(w) for c, w in zip(cols, widths)))
+        print("  ".join(_fmt(r[c]).ljust(w) for c, w in zip(cols, widths, strict=True)))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"rows": rows, **extra, "machine": machine()}, indent=2) + "\n")

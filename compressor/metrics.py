@@ -17,7 +17,7 @@ def encoder_flops_per_token(layout: Layout, seq_len: int = FLOPS_SEQ_LEN) -> int
     """
     d = layout.hidden_size
     total = 0
-    for heads, ffn in zip(layout.heads_per_layer, layout.ffn_per_layer):
+    for heads, ffn in zip(layout.heads_per_layer, layout.ffn_per_layer, strict=True):
         w = heads * layout.head_dim
         total += 2 * d * 3 * w + 2 * w * d + 4 * seq_len * w + 4 * d * ffn
     return total

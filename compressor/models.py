@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .arch.base import Adapter, Layout, adapter_for
+from .arch.base import Adapter, Layout, adapter_for, spec_for
 from .errors import ModelLoadError
 from .types import PruningPlan
 
@@ -88,7 +88,7 @@ def load_model(name: str = DEFAULT_MODEL, attn_implementation: str | None = "eag
         if Path(source).exists():
             raise ModelLoadError(f"could not read model config in {source}: {str(e).splitlines()[0]}") from None
         raise _hub_error(name, e) from None
-    adapter_for_config(config)  # unsupported architectures fail before any weights load
+    spec_for(getattr(config, "model_type", None))  # unsupported architectures fail before any weights load
     cls = _model_class(config)
     layout = getattr(config, LAYOUT_KEY, None)
     try:
@@ -106,16 +106,6 @@ def load_model(name: str = DEFAULT_MODEL, attn_implementation: str | None = "eag
     return model
 
 
-def adapter_for_config(config) -> None:
-    from .arch.base import ARCHITECTURES
-
-    model_type = getattr(config, "model_type", None)
-    if not any(model_type in ARCHITECTURES.get(n).model_types for n in ARCHITECTURES.names()):
-        raise ModelLoadError(
-            f"unsupported architecture '{model_type}'; supported: {', '.join(ARCHITECTURES.names())}"
-        )
-
-
 def _load_pruned(cls, config, folder: Path, layout: Layout, kwargs: dict) -> nn.Module:
     from safetensors.torch import load_file
 
@@ -131,8 +121,8 @@ def _load_pruned(cls, config, folder: Path, layout: Layout, kwargs: dict) -> nn.
     # Which heads/neurons were removed does not matter here: the weights are replaced
     # below, only the per-layer shapes must match.
     shape_plan = PruningPlan.build(
-        heads={i: range(k, n) for i, (n, k) in enumerate(zip(full.heads_per_layer, layout.heads_per_layer))},
-        neurons={i: range(k, n) for i, (n, k) in enumerate(zip(full.ffn_per_layer, layout.ffn_per_layer))},
+        heads={i: range(k, n) for i, (n, k) in enumerate(zip(full.heads_per_layer, layout.heads_per_layer, strict=True))},
+        neurons={i: range(k, n) for i, (n, k) in enumerate(zip(full.ffn_per_layer, layout.ffn_per_layer, strict=True))},
     )
     apply_plan(model, shape_plan, inplace=True)
     state = load_file(str(weights))

@@ -21,7 +21,7 @@ def _lowest_first(scores: list[np.ndarray]) -> np.ndarray:
 
 def _take_lowest(scores: list[np.ndarray], counts: list[int]) -> dict[int, list[int]]:
     out = {}
-    for i, (s, k) in enumerate(zip(scores, counts)):
+    for i, (s, k) in enumerate(zip(scores, counts, strict=True)):
         if k > 0:
             out[i] = sorted(np.lexsort((np.arange(len(s)), np.asarray(s, dtype=np.float64)))[:k].tolist())
     return out

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import RecipeError
-from .schema import Field, check_mapping, check_value
+from .schema import Field, check_mapping
 
 CALIBRATION_SOURCES = ("random_tokens", "text_file", "glue")
 
@@ -116,13 +116,6 @@ class Recipe:
     neurons: NeuronTarget | None = None
     output: str | None = None
     description: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def needs_calibration(self) -> bool:
-        from .scorers import SCORERS
-
-        return any(SCORERS.get(s.name).needs for s in self.scorers)
 
 
 def _check_calibration(data: Any) -> CalibrationConfig:
@@ -212,7 +205,6 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         neurons=neurons,
         output=top["output"],
         description=top["description"],
-        raw=data or {},
     )
 
 
@@ -232,4 +224,4 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, name=p.stem)
 
 
-__all__ = ["Recipe", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "load_recipe", "parse_recipe", "check_value"]
+__all__ = ["Recipe", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "load_recipe", "parse_recipe"]

@@ -148,12 +148,16 @@ def out_features(module: nn.Module) -> int:
     return int(w.shape[1] if is_conv1d(module) else w.shape[0])
 
 
-def adapter_for(model: nn.Module) -> Adapter:
-    model_type = getattr(model.config, "model_type", None)
+def spec_for(model_type: str | None) -> ArchSpec:
+    """The registered adapter for a config's ``model_type``; a clear error otherwise."""
     for name in ARCHITECTURES.names():
         spec = ARCHITECTURES.get(name)
         if model_type in spec.model_types:
-            return Adapter(model, spec)
+            return spec
     raise ModelLoadError(
         f"unsupported architecture '{model_type}'; supported: {', '.join(ARCHITECTURES.names())}"
     )
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    return Adapter(model, spec_for(getattr(model.config, "model_type", None)))

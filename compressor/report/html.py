@@ -24,7 +24,7 @@ def render_report(metrics: dict, plan: dict) -> str:
     layers = [
         (i, hb, ha, fb, fa)
         for i, (hb, ha, fb, fa) in enumerate(
-            zip(before["heads_per_layer"], after["heads_per_layer"], before["ffn_per_layer"], after["ffn_per_layer"])
+            zip(before["heads_per_layer"], after["heads_per_layer"], before["ffn_per_layer"], after["ffn_per_layer"], strict=True)
         )
     ]
     stages = [(k, f"{v:.2f}") for k, v in metrics.get("stage_seconds", {}).items()]

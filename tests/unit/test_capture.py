@@ -69,7 +69,7 @@ def test_random_tokens_have_special_tokens_and_lengths(tiny_bert_dir):
         inner = b.input_ids[:, 1:][b.attention_mask[:, 1:].bool()]
         assert not torch.isin(inner[inner != tok.sep_token_id], torch.tensor(tok.all_special_ids)).any()
     again = calibration_batches(cfg, tok, model.config, seed=3)
-    assert all(torch.equal(x.input_ids, y.input_ids) for x, y in zip(batches, again))
+    assert all(torch.equal(x.input_ids, y.input_ids) for x, y in zip(batches, again, strict=True))
 
 
 def test_text_file_source(tmp_path, tiny_bert_dir):
