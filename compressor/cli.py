@@ -30,10 +30,12 @@ class _Group(click.Group):
 @click.option("--recipe", type=click.Path(dir_okay=False, path_type=Path), help="Recipe YAML to run.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default runs/<recipe name>/).")
 @click.option("--model", "model", default=None, help="Override the recipe's model: 'default', a local folder or a hub id.")
+@click.option("--calibration-text", type=click.Path(dir_okay=False, path_type=Path),
+              help="Calibrate on this text file (one text per line) instead of the recipe's source.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-def main(ctx, recipe, output, model, overwrite, quiet):
+def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
     """Compress a transformer as a recipe says: score, plan, cut, save, report.
 
     \b
@@ -49,9 +51,11 @@ def main(ctx, recipe, output, model, overwrite, quiet):
         click.echo(ctx.get_help())
         return
     from .pipeline import run_recipe
-    from .recipe import load_recipe
+    from .recipe import load_recipe, with_calibration_text
 
     r = load_recipe(recipe)
+    if calibration_text is not None:
+        r = with_calibration_text(r, str(calibration_text))
     metrics = run_recipe(r, output=output, overwrite=overwrite, model=model, progress=not quiet)
     out = output if output is not None else Path(r.output or Path("runs") / r.name)
     b, a = metrics["before"], metrics["after"]

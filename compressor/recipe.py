@@ -13,6 +13,7 @@ Example (recipes/obce-50.yaml):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ TOP = {
 }
 
 CALIBRATION = {
-    "source": Field("choice", "random_tokens", choices=CALIBRATION_SOURCES),
+    # unset: text_file when a path is given, glue when a task is, random_tokens otherwise
+    "source": Field("choice", None, choices=CALIBRATION_SOURCES, nullable=True),
     "num_sequences": Field("int", 256, lo=1),
     "batch_size": Field("int", 32, lo=1),
     "min_length": Field("int", 16, lo=2),
@@ -119,7 +121,10 @@ class Recipe:
 
 
 def _check_calibration(data: Any) -> CalibrationConfig:
-    c = CalibrationConfig(**check_mapping(data, CALIBRATION, "calibration"))
+    d = check_mapping(data, CALIBRATION, "calibration")
+    if d["source"] is None:
+        d["source"] = "text_file" if d["path"] else "glue" if d["task"] else "random_tokens"
+    c = CalibrationConfig(**d)
     if c.min_length > c.max_length:
         raise RecipeError(
             f"recipe field 'calibration.min_length' must be <= calibration.max_length ({c.max_length}); got {c.min_length}"
@@ -208,6 +213,12 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
     )
 
 
+def with_calibration_text(recipe: Recipe, path: str) -> Recipe:
+    """The recipe calibrated on a text file (one text per line) instead."""
+    cal = dataclasses.replace(recipe.calibration, source="text_file", path=path)
+    return dataclasses.replace(recipe, calibration=cal)
+
+
 def load_recipe(path: str | Path) -> Recipe:
     p = Path(path)
     if not p.is_file():
@@ -224,4 +235,4 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, name=p.stem)
 
 
-__all__ = ["Recipe", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "load_recipe", "parse_recipe"]
+__all__ = ["Recipe", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "load_recipe", "parse_recipe", "with_calibration_text"]

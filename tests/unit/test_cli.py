@@ -138,3 +138,15 @@ def test_console_script_exit_code(tmp_path):
     exe = Path(sys.executable).parent / "compress"
     proc = subprocess.run([str(exe), "--recipe", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: recipe file not found")
+
+
+def test_calibration_text_option(tmp_path, tiny_bert_dir):
+    text = tmp_path / "t.txt"
+    text.write_text("the movie was good .\na bad plot\n" * 10)
+    recipe = write_recipe(tmp_path, RECIPE.format(model=tiny_bert_dir))
+    res = run(["--recipe", str(recipe), "--calibration-text", str(text), "--output", str(tmp_path / "o"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads((tmp_path / "o" / "plan.json").read_text())
+    assert plan["source"]["calibration"]["source"] == "text_file" and plan["source"]["calibration"]["path"] == str(text)
+    res = run(["--recipe", str(recipe), "--calibration-text", str(tmp_path / "none.txt"), "--output", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "calibration text file not found" in res.output and not (tmp_path / "p").exists()

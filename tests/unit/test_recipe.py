@@ -61,3 +61,12 @@ def test_shipped_recipes_are_valid(name):
     assert r.name == name
     if name.startswith("obce"):
         assert r.neurons.percentile == float(name.split("-")[1]) and r.neurons.scorer == "persistence"
+
+
+@pytest.mark.parametrize(
+    "calibration, source",
+    [({}, "random_tokens"), ({"path": "x.txt"}, "text_file"), ({"task": "sst2"}, "glue"),
+     ({"source": "random_tokens", "path": "x.txt"}, "random_tokens")],
+)
+def test_calibration_source_follows_what_is_given(calibration, source):
+    assert parse_recipe({**BASE, "calibration": calibration}).calibration.source == source
