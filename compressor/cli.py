@@ -41,6 +41,7 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
     \b
     compress --recipe recipes/obce-50.yaml
     compress prune --model MODEL --plan plan.json --output DIR
+    compress export --model DIR --output DIR [--quantize int8]
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if ctx.invoked_subcommand is not None:
@@ -79,6 +80,29 @@ def prune(model, plan, output, overwrite):
 
     res = run_plan(model, plan, output, overwrite)
     click.echo(f"parameters {res['before']['parameters']:,} -> {res['after']['parameters']:,}; wrote {output}/")
+
+
+@main.command()
+@click.option("--model", "model", required=True, help="Model to export: a folder (pruned or not), 'default' or a hub id.")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the ONNX files.")
+@click.option("--optimize/--no-optimize", default=True, show_default=True, help="ONNX Runtime transformer fusions.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write a dynamic int8 graph.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max |onnx - torch| for fp32 graphs.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+def export(model, output, optimize, quantize, atol, overwrite):
+    """Export to ONNX, check parity with PyTorch, optimize and quantize for ONNX Runtime."""
+    from .pipeline import run_export
+    from .recipe import ExportConfig
+
+    if atol < 0:
+        raise CompressorError(f"--atol must be >= 0; got {atol}")
+    res = run_export(model, output, ExportConfig(optimize=optimize, quantize=quantize, atol=atol), overwrite)
+    parity = ", ".join(f"{k} {v:.2g}" for k, v in res.parity.items())
+    fused = "" if not res.fused_attention else f"; fused attention heads per layer {res.fused_attention}"
+    click.echo(f"max |onnx - torch|: {parity}{fused}")
+    for note in res.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"wrote {output}/")
 
 
 if __name__ == "__main__":

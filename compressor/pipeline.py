@@ -16,7 +16,7 @@ from .metrics import FLOPS_SEQ_LEN, encoder_flops_per_token
 from .models import load_model, load_tokenizer, model_summary, resolve_model, save_model
 from .outputs import atomic_output, check_output
 from .planning import make_plan
-from .recipe import Recipe
+from .recipe import ExportConfig, Recipe
 from .report.html import render_report
 from .scorers import SCORERS, ScoringContext
 from .surgery.prune import apply_plan
@@ -112,6 +112,9 @@ def run_recipe(
     with timer("save"), atomic_output(output, overwrite) as tmp:
         save_model(net, tmp / "model", tokenizer)
         plan.save(tmp / "plan.json")
+        if recipe.export is not None:
+            with timer("export"):
+                metrics["export"] = _export(net, tokenizer, tmp / "onnx", recipe.export).to_json()
         (tmp / "scores").mkdir()
         for name, res in results.items():
             for part in (res.heads, res.neurons):
@@ -122,6 +125,28 @@ def run_recipe(
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "report.html").write_text(render_report(metrics, plan.to_json()))
     return metrics
+
+
+def _export(net, tokenizer, folder: Path, cfg: ExportConfig):
+    from .export import export_model
+
+    folder.mkdir()
+    return export_model(net, tokenizer, folder, optimize_graph=cfg.optimize, quantize=cfg.quantize,
+                        atol=cfg.atol, opset=cfg.opset)
+
+
+def run_export(model_name: str, output: Path, cfg: ExportConfig, overwrite: bool = False):
+    """Export a model folder to ONNX; the output folder holds the graphs, config and tokenizer."""
+    source = resolve_model(model_name)
+    check_output(output, overwrite, protect=_local_inputs(source))
+    net = load_model(model_name, attn_implementation="eager")
+    tokenizer = load_tokenizer(model_name)
+    with atomic_output(output, overwrite) as tmp:
+        result = _export(net, tokenizer, tmp / "onnx", cfg)
+        for f in (tmp / "onnx").iterdir():
+            f.rename(tmp / f.name)
+        (tmp / "onnx").rmdir()
+    return result
 
 
 def run_plan(model_name: str, plan_path: Path, output: Path, overwrite: bool = False) -> dict:

@@ -32,10 +32,10 @@ TOP = {
     "scorers": Field("list", None, nullable=True),
     "targets": Field("mapping", None, nullable=True),
     "output": Field("str", None, nullable=True),
+    "export": Field("mapping", None, nullable=True),
     # Stages that later releases fill in; accepted only as null for now so a recipe
     # written for them fails loudly instead of silently skipping a stage.
     "finetune": Field("mapping", None, nullable=True),
-    "export": Field("mapping", None, nullable=True),
     "evaluate": Field("mapping", None, nullable=True),
     "description": Field("str", None, nullable=True),
 }
@@ -66,6 +66,13 @@ NEURON_TARGET = {
     "percentile": Field("float", None, lo=0.0, hi=100.0, nullable=True, help="remove scores below it"),
     "scope": Field("choice", "per_layer", choices=("per_layer", "global")),
     "min_per_layer": Field("int", 1, lo=0),
+}
+
+EXPORT = {
+    "optimize": Field("bool", True, help="ONNX Runtime transformer fusions"),
+    "quantize": Field("choice", None, choices=("int8",), nullable=True),
+    "atol": Field("float", 1e-4, lo=0.0, help="max |onnx - torch| allowed for fp32 graphs"),
+    "opset": Field("int", None, lo=14, hi=23, nullable=True),
 }
 
 SCORER_ENTRY = {"name": Field("str"), "params": Field("mapping", None, nullable=True)}
@@ -108,6 +115,14 @@ class NeuronTarget:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    optimize: bool = True
+    quantize: str | None = None
+    atol: float = 1e-4
+    opset: int | None = None
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     model: str = "default"
@@ -118,6 +133,7 @@ class Recipe:
     neurons: NeuronTarget | None = None
     output: str | None = None
     description: str | None = None
+    export: ExportConfig | None = None
 
 
 def _check_calibration(data: Any) -> CalibrationConfig:
@@ -179,7 +195,7 @@ def _pick_scorer(target_field: str, wanted: str | None, kind: str, scorers: tupl
 
 def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
     top = check_mapping(data, TOP)
-    for stage in ("finetune", "export", "evaluate"):
+    for stage in ("finetune", "evaluate"):
         if top[stage] is not None:
             raise RecipeError(f"recipe field '{stage}' is not supported by this version yet; remove it or set it to null")
     calibration = _check_calibration(top["calibration"])
@@ -210,6 +226,7 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         neurons=neurons,
         output=top["output"],
         description=top["description"],
+        export=ExportConfig(**check_mapping(top["export"], EXPORT, "export")) if top["export"] is not None else None,
     )
 
 
@@ -235,4 +252,4 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, name=p.stem)
 
 
-__all__ = ["Recipe", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "load_recipe", "parse_recipe", "with_calibration_text"]
+__all__ = ["Recipe", "ExportConfig", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "load_recipe", "parse_recipe", "with_calibration_text"]
