@@ -105,5 +105,45 @@ def export(model, output, optimize, quantize, atol, overwrite):
     click.echo(f"wrote {output}/")
 
 
+def _int_list(ctx, param, value: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"must be a comma-separated list of positive integers; got {value!r}")
+    return out
+
+
+@main.command()
+@click.option("--model", "model", default=None, help="PyTorch model to time: a folder, 'default' or a hub id.")
+@click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder written by 'compress export' (times ORT fp32 and int8 graphs found there).")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_int_list)
+@click.option("--seq-lens", default="32,128", show_default=True, callback=_int_list)
+@click.option("--runs", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table as JSON here.")
+def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
+    """Latency: PyTorch vs ONNX Runtime fp32 vs int8, median and p90 per batch x sequence."""
+    import json
+
+    from .evaluate.latency import Subject, benchmark
+    from .models import load_model
+
+    if model is None and onnx_dir is None:
+        raise CompressorError("give --model, --onnx or both")
+    if onnx_dir is not None and not onnx_dir.is_dir():
+        raise CompressorError(f"ONNX folder not found: {onnx_dir}")
+    net = load_model(model, attn_implementation=None) if model is not None else None
+    shapes = [(b, s) for b in batch_sizes for s in seq_lens]
+    subject = Subject(model or str(onnx_dir), net, onnx_dir)
+    rows = benchmark([subject], shapes, runs, warmup, progress=click.echo)
+    if json_path is not None:
+        json_path.write_text(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,157 @@
+"""Latency: PyTorch vs ONNX Runtime fp32 (optimized) vs ONNX Runtime int8.
+
+Each measurement: ``warmup`` untimed calls, then ``runs`` timed calls on the same
+random full-length batch; median and 90th percentile in milliseconds. Backends and
+models are measured in the same process, one after another, so ratios compare like
+with like.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CompressorError
+from ..export.onnx import OPTIMIZED, QUANTIZED, RAW
+
+
+@dataclass
+class Timing:
+    model: str
+    backend: str
+    batch: int
+    seq: int
+    median_ms: float
+    p90_ms: float
+    runs: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def measure(runners: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, tuple[float, float]]:
+    """Median and p90 (ms) of each runner, timed round-robin: one call of each per round.
+
+    Interleaving matters on a shared or throttling machine: drift then hits every
+    runner alike, so ratios between them stay meaningful.
+    """
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(runs):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {k: (float(np.median(v)), float(np.percentile(v, 90))) for k, v in times.items()}
+
+
+def random_batch(vocab_size: int, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000 if vocab_size > 2000 else 1, vocab_size, size=(batch, seq), dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def torch_runner(model: nn.Module, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+    accepted = {"input_ids", "attention_mask"} | ({"token_type_ids"} if model.config.model_type == "bert" else set())
+    inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k in accepted}
+    extra = {"use_cache": False} if model.config.model_type == "gpt2" else {}
+
+    @torch.inference_mode()
+    def run():
+        return model(**inputs, **extra)
+
+    return run
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+def ort_runner(session, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+    names = [i.name for i in session.get_inputs()]
+    inputs = {}
+    for n in names:
+        if n == "position_ids":
+            inputs[n] = np.broadcast_to(np.arange(feeds["input_ids"].shape[1]), feeds["input_ids"].shape).copy()
+        elif n in feeds:
+            inputs[n] = feeds[n]
+        else:
+            raise CompressorError(f"the ONNX graph wants input '{n}', which the benchmark cannot fill")
+    return lambda: session.run(None, inputs)
+
+
+def onnx_files(onnx_dir: Path) -> dict[str, Path]:
+    """Backends available in an export folder: ORT fp32 (optimized if present) and int8."""
+    out = {}
+    fp32 = onnx_dir / OPTIMIZED if (onnx_dir / OPTIMIZED).is_file() else onnx_dir / RAW
+    if fp32.is_file():
+        out["ort-fp32"] = fp32
+    if (onnx_dir / QUANTIZED).is_file():
+        out["ort-int8"] = onnx_dir / QUANTIZED
+    if not out:
+        raise CompressorError(f"no ONNX model in {onnx_dir} (expected {OPTIMIZED}, {RAW} or {QUANTIZED})")
+    return out
+
+
+@dataclass
+class Subject:
+    """One model to time: a PyTorch model and/or an export folder."""
+
+    label: str
+    model: nn.Module | None = None
+    onnx_dir: Path | None = None
+    torch_backend: str = "pytorch"
+
+
+def benchmark(
+    subjects: list[Subject],
+    shapes: Iterable[tuple[int, int]],
+    runs: int = 20,
+    warmup: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> list[Timing]:
+    """Time every subject x backend at every (batch, seq), interleaved per shape."""
+    sessions = {
+        (s.label, name): ort_session(path)
+        for s in subjects
+        if s.onnx_dir is not None
+        for name, path in onnx_files(s.onnx_dir).items()
+    }
+    vocab = _vocab_size(subjects[0])
+    rows: list[Timing] = []
+    for batch, seq in shapes:
+        feeds = random_batch(vocab, batch, seq)
+        runners: dict[tuple[str, str], Callable[[], object]] = {}
+        for s in subjects:
+            if s.model is not None:
+                runners[(s.label, s.torch_backend)] = torch_runner(s.model, feeds)
+            for (label, name), sess in sessions.items():
+                if label == s.label:
+                    runners[(label, name)] = ort_runner(sess, feeds)
+        for (label, backend), (med, p90) in measure(runners, warmup, runs).items():
+            rows.append(Timing(label, backend, batch, seq, med, p90, runs))
+            if progress:
+                progress(f"{label:>14s} {backend:>14s} batch {batch:>2d} x {seq:>3d}: "
+                         f"median {med:8.2f} ms  p90 {p90:8.2f} ms")
+    return rows
+
+
+def _vocab_size(subject: Subject) -> int:
+    if subject.model is not None:
+        return int(subject.model.config.vocab_size)
+    import json
+
+    return int(json.loads((subject.onnx_dir / "config.json").read_text())["vocab_size"])
