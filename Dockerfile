@@ -7,5 +7,5 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY compressor ./compressor
 COPY recipes ./recipes
-RUN pip install '.[model]'
+RUN pip install '.[model,cpu]'
 CMD ["compress", "--help"]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CompressorError
-from ..export.onnx import OPTIMIZED, QUANTIZED, RAW
+from ..export.onnx import OPTIMIZED, QUANTIZED, RAW, require_ort
 
 
 @dataclass
@@ -35,7 +35,15 @@ class Timing:
         return asdict(self)
 
 
-def measure(runners: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, tuple[float, float]]:
+# Untimed pause before each timed call. ONNX Runtime's and OpenMP's worker threads
+# spin for a while after a call; without a pause the next runner shares the cores with
+# them (measured here: PyTorch SDPA 28 ms alone, 67 ms right after an ORT call).
+PAUSE_S = 0.05
+
+
+def measure(
+    runners: dict[str, Callable[[], object]], warmup: int, runs: int, pause_s: float = PAUSE_S
+) -> dict[str, tuple[float, float]]:
     """Median and p90 (ms) of each runner, timed round-robin: one call of each per round.
 
     Interleaving matters on a shared or throttling machine: drift then hits every
@@ -47,6 +55,7 @@ def measure(runners: dict[str, Callable[[], object]], warmup: int, runs: int) ->
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(runs):
         for name, fn in runners.items():
+            time.sleep(pause_s)
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
@@ -72,7 +81,7 @@ def torch_runner(model: nn.Module, feeds: dict[str, np.ndarray]) -> Callable[[],
 
 
 def ort_session(path: Path):
-    import onnxruntime as ort
+    ort = require_ort()
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3

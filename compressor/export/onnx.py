@@ -91,8 +91,18 @@ def validation_inputs(model: nn.Module, tokenizer, input_names: list[str]) -> di
     return {k: feeds[k] for k in input_names}
 
 
+def require_ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise CompressorError(
+            "ONNX Runtime is not installed: pip install 'compressor[cpu]' (or [gpu] on a CUDA machine; not both)"
+        ) from None
+    return onnxruntime
+
+
 def _session(path: Path):
-    import onnxruntime as ort
+    ort = require_ort()
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -181,6 +191,7 @@ def export_model(
     when the fp32 graphs differ from PyTorch by more than ``atol``."""
     from optimum.exporters.onnx import onnx_export_from_model
 
+    require_ort()
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise CompressorError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}; got {quantize!r}")
     adapter = adapter_for(model)

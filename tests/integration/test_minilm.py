@@ -64,6 +64,12 @@ def test_obce50_recipe_end_to_end(tmp_path):
     assert all(760 <= k <= 776 for k in kept), kept  # ~50% of 1536 per layer
     assert m["after"]["heads_per_layer"] == [12] * 6
     assert 0.80 < m["parameters_kept_share"] < 0.87
+    # the deployable graph: parity within 1e-4, attention fused in every layer, int8 beside it
+    ex = m["export"]
+    assert ex["parity"]["model.onnx"] <= 1e-4 and ex["parity"]["model_optimized.onnx"] <= 1e-4
+    assert ex["fused_attention"] == [12] * 6
+    assert (out / "onnx" / "model_quantized.onnx").is_file() and (out / "onnx" / "tokenizer.json").is_file()
+    assert 'id="export"' in (out / "report.html").read_text()
     model = load_model(str(out / "model"))
     assert list(adapter_for(model).layout().ffn_per_layer) == kept
     plan = PruningPlan.load(out / "plan.json")

@@ -86,3 +86,25 @@ def test_cli_export_loads_with_ort_and_optimum(tmp_path):
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_bench_cli_times_every_backend(tmp_path):
+    model = apply_plan(tiny_model("bert"), UNEVEN)
+    folder = tmp_path / "m"
+    save_model(model, folder)
+    export_model(model, None, tmp_path / "onnx", quantize="int8")
+    out = tmp_path / "lat.json"
+    res = CliRunner().invoke(main, ["bench", "--model", str(folder), "--onnx", str(tmp_path / "onnx"), "--batch-sizes", "1,2",
+                                    "--seq-lens", "8", "--runs", "3", "--warmup", "1", "--json", str(out)],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())
+    assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("pytorch", "ort-fp32", "ort-int8") for n in (1, 2)}
+    assert all(0 < r["median_ms"] <= r["p90_ms"] and r["runs"] == 3 for r in rows)
+    for args, msg in ((["bench"], "give --model, --onnx or both"),
+                      (["bench", "--onnx", str(tmp_path / "none")], "ONNX folder not found"),
+                      (["bench", "--onnx", str(folder)], "no ONNX model in")):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and msg in r.output, r.output
+    r = CliRunner().invoke(main, ["bench", "--model", str(folder), "--batch-sizes", "0"])
+    assert r.exit_code == 2 and "positive integers" in r.output
