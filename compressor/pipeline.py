@@ -109,18 +109,19 @@ def run_recipe(
         "heads_removed": sum(len(v) for v in plan.heads.values()),
         "neurons_removed": sum(len(v) for v in plan.neurons.values()),
     }
-    with timer("save"), atomic_output(output, overwrite) as tmp:
-        save_model(net, tmp / "model", tokenizer)
-        plan.save(tmp / "plan.json")
+    with atomic_output(output, overwrite) as tmp:
+        with timer("save"):
+            save_model(net, tmp / "model", tokenizer)
+            plan.save(tmp / "plan.json")
+            (tmp / "scores").mkdir()
+            for name, res in results.items():
+                for part in (res.heads, res.neurons):
+                    if part is not None:
+                        data = {**part.to_json(), "extras": part.extras}
+                        (tmp / "scores" / f"{name}.{data['kind']}.json").write_text(json.dumps(data))
         if recipe.export is not None:
             with timer("export"):
                 metrics["export"] = _export(net, tokenizer, tmp / "onnx", recipe.export).to_json()
-        (tmp / "scores").mkdir()
-        for name, res in results.items():
-            for part in (res.heads, res.neurons):
-                if part is not None:
-                    data = {**part.to_json(), "extras": part.extras}
-                    (tmp / "scores" / f"{name}.{data['kind']}.json").write_text(json.dumps(data))
         metrics["stage_seconds"] = timer.seconds
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "report.html").write_text(render_report(metrics, plan.to_json()))
