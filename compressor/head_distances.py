@@ -1,0 +1,189 @@
+"""Distances between attention heads, as batched reductions over one capture batch.
+
+All heads of the model are stacked: A [batch, N, q, k], N = sum of heads over layers.
+Each query row is a distribution over the real keys (padding keys hold 0).
+
+Token-based (per query token, then averaged over a sequence's real query tokens):
+- cosine, correlation and Bhattacharyya are inner products over the key axis, so with
+  the per-query averaging weight folded in (sqrt on both sides) one batched matmul over
+  the flattened (q, k) axis gives every pair at once: [batch, N, q*k] @ [batch, q*k, N].
+- Jensen-Shannon needs the entropy of each pair's mixture (p+q)/2, which does not
+  factor: it is computed exactly over the upper triangle, in chunks of pairs so memory
+  stays bounded.
+Sentence-based (whole attention matrices of a sequence, real tokens only):
+- distance correlation: double-centred row-distance matrices, then a Gram matrix.
+- Procrustes disparity and SVCCA-regularized CCA: singular values of U_i^T U_j (scaled
+  by the spectra for Procrustes), from one SVD per head (rank-truncated for speed).
+Every function returns per-sequence sums [N, N] (or per-sequence values) so callers
+can stream over batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+TOKEN_METRICS = ("js", "cosine", "correlation", "bhattacharyya")
+SENTENCE_METRICS = ("dcor", "procrustes", "cca")
+METRICS = TOKEN_METRICS + SENTENCE_METRICS
+_EPS = 1e-12
+
+
+def stack_heads(attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Per-layer [batch, heads_l, q, k] -> [batch, N, q, k] (float32)."""
+    return torch.cat([a.float() for a in attentions if a.shape[1] > 0], dim=1)
+
+
+def query_weights(mask: torch.Tensor) -> torch.Tensor:
+    """[batch, q]: 1/n_real at real query tokens, 0 at padding: a per-sequence mean."""
+    m = mask.float()
+    return m / m.sum(1, keepdim=True).clamp_min(1)
+
+
+def _weighted_gram(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_q w[b,q] <x[b,i,q,:], x[b,j,q,:]> for all pairs: [batch, N, N]."""
+    b, n, q, k = x.shape
+    xs = (x * w.sqrt()[:, None, :, None]).reshape(b, n, q * k)  # [batch, N, q*k]
+    return xs @ xs.transpose(1, 2)
+
+
+def cosine_similarity(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean over real query tokens of cos(p_i, p_j): [batch, N, N]."""
+    an = a / a.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    return _weighted_gram(an, w)
+
+
+def pearson_similarity(a: torch.Tensor, w: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real query tokens of Pearson r(p_i, p_j) over the real keys: [batch, N, N].
+
+    A row with no variance (e.g. a single real key) has r defined as 0."""
+    km = key_mask.float()[:, None, None, :]  # [batch, 1, 1, k]
+    n_keys = km.sum(-1, keepdim=True).clamp_min(1)
+    centred = (a - (a * km).sum(-1, keepdim=True) / n_keys) * km
+    norm = centred.norm(dim=-1, keepdim=True)
+    centred = torch.where(norm > 1e-9, centred / norm.clamp_min(_EPS), torch.zeros_like(centred))
+    return _weighted_gram(centred, w)
+
+
+def bhattacharyya_coefficient(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean over real query tokens of sum_k sqrt(p q): [batch, N, N]."""
+    return _weighted_gram(a.clamp_min(0).sqrt(), w)
+
+
+def entropy_bits(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in bits over the last axis (0 log 0 = 0)."""
+    return -torch.special.xlogy(p, p).sum(-1) / math.log(2)
+
+
+def js_distance_sums(
+    a: torch.Tensor, w: torch.Tensor, pair_chunk: int | None = None, max_elements: int = 2**25
+) -> torch.Tensor:
+    """sum_q w[b,q] * sqrt(JS(p_i(q), p_j(q))) for all pairs: [batch, N, N].
+
+    Exact, float32, upper triangle only. JS(p, q) = H((p+q)/2) - (H(p) + H(q))/2 in bits,
+    in [0, 1]; its square root is a metric. Pairs are processed in chunks sized so one
+    chunk's mixture tensor has at most ``max_elements`` entries.
+    """
+    b, n, q, k = a.shape
+    out = a.new_zeros(b, n, n)
+    if n < 2:
+        return out
+    h = entropy_bits(a)  # [batch, N, q]
+    ii, jj = torch.triu_indices(n, n, offset=1)
+    chunk = pair_chunk or max(1, max_elements // (b * q * k))
+    for start in range(0, len(ii), chunk):
+        i, j = ii[start : start + chunk], jj[start : start + chunk]
+        mix = (a[:, i] + a[:, j]) * 0.5  # [batch, chunk, q, k]
+        js = entropy_bits(mix) - 0.5 * (h[:, i] + h[:, j])  # [batch, chunk, q]
+        d = js.clamp(0, 1).sqrt()  # [batch, chunk, q]: rounding can leave JS just outside [0, 1]
+        out[:, i, j] = (d * w[:, None, :]).sum(-1)
+    return out + out.transpose(1, 2)
+
+
+def dcor_similarity(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Distance correlation between every pair of heads' attention matrices, one value
+    per sequence: [batch, N, N] in [0, 1]. Samples are the real query rows (points in
+    R^k; padding keys are 0 in every row, so they add nothing to distances)."""
+    m = mask.float()  # [batch, s]
+    pair = m[:, None, :, None] * m[:, None, None, :]  # [batch, 1, s, s] real x real
+    n = m.sum(1)[:, None, None, None].clamp_min(1)  # [batch, 1, 1, 1]
+    d = torch.cdist(a, a) * pair  # [batch, N, s, s] row distances, real rows only
+    row = d.sum(-1, keepdim=True) / n
+    col = d.sum(-2, keepdim=True) / n
+    tot = d.sum((-2, -1), keepdim=True) / n.square()
+    dc = (d - row - col + tot) * pair  # double-centred over the real block
+    flat = dc.flatten(2)  # [batch, N, s*s]
+    cov = flat @ flat.transpose(1, 2) / n[:, :, :, 0].square()  # [batch, N, N] dCov^2
+    var = cov.diagonal(dim1=1, dim2=2).clamp_min(0)  # [batch, N]
+    denom = (var[:, :, None] * var[:, None, :]).sqrt()
+    r2 = torch.where(denom > _EPS, cov / denom.clamp_min(_EPS), torch.zeros_like(cov))
+    return r2.clamp(0, 1).sqrt()
+
+
+def _spectra(a: torch.Tensor, mask: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence and head, X = U S V^T of the attention matrix over real tokens after
+    centring columns (over real rows) and scaling to unit Frobenius norm.
+
+    Padded rows stay 0 after masked centring and padded columns are 0, so the SVD of the
+    padded matrix is that of the real block plus zero singular values.
+    Returns u [batch, N, s, r], s [batch, N, r], truncated to ``rank`` components.
+    """
+    m = mask.float()[:, None, :, None]  # [batch, 1, s(q), 1]
+    n = m.sum(2, keepdim=True).clamp_min(1)
+    x = (a - (a * m).sum(2, keepdim=True) / n) * m
+    x = x / x.flatten(2).norm(dim=-1).clamp_min(_EPS)[..., None, None]
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)  # u [batch, N, s, s], s [batch, N, s]
+    r = min(rank, s.shape[-1])
+    return u[..., :r], s[..., :r]
+
+
+def _pair_singular_values(u: torch.Tensor, scale: torch.Tensor, max_elements: int = 2**24) -> tuple:
+    """Singular values of diag(scale_i) U_i^T U_j diag(scale_j) for every pair i <= j.
+
+    u [batch, N, s, r], scale [batch, N, r] -> (ii, jj, sv [batch, pairs, r])."""
+    b, n, _, r = u.shape
+    ii, jj = torch.triu_indices(n, n)
+    chunk = max(1, max_elements // (b * r * r))
+    parts = []
+    for start in range(0, len(ii), chunk):
+        i, j = ii[start : start + chunk], jj[start : start + chunk]
+        m = scale[:, i, :, None] * (u[:, i].transpose(-1, -2) @ u[:, j]) * scale[:, j, None, :]  # [batch, c, r, r]
+        parts.append(torch.linalg.svdvals(m))
+    return ii, jj, torch.cat(parts, 1)
+
+
+def _symmetric(values: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor, n: int) -> torch.Tensor:
+    out = values.new_zeros(values.shape[0], n, n)
+    out[:, ii, jj] = values
+    out[:, jj, ii] = values
+    return out
+
+
+def procrustes_disparity(a: torch.Tensor, mask: torch.Tensor, rank: int = 32) -> torch.Tensor:
+    """scipy.spatial.procrustes' disparity, 1 - ||X_i^T X_j||_*^2 after standardizing
+    each matrix: [batch, N, N] in [0, 1]. Exact when ``rank`` >= sequence length;
+    otherwise each head keeps its top ``rank`` singular components."""
+    u, s = _spectra(a, mask, rank)
+    ii, jj, sv = _pair_singular_values(u, s)
+    return _symmetric((1 - sv.sum(-1).square()).clamp(0, 1), ii, jj, a.shape[1])
+
+
+def cca_similarity(a: torch.Tensor, mask: torch.Tensor, rank: int = 32, energy: float = 0.99) -> torch.Tensor:
+    """Mean canonical correlation between heads' matrices, regularized as in SVCCA
+    (Raghu et al., 2017): each matrix keeps its leading singular directions holding
+    ``energy`` of its squared Frobenius norm, and the canonical correlations of two
+    such subspaces are the singular values of U_i^T U_j. Their mean over the smaller
+    subspace's size: [batch, N, N] in [0, 1], 1 for a matrix with itself.
+
+    CCA saturates on very short sequences: with n real tokens the centred rows span at
+    most n - 1 dimensions, and two subspaces filling that space correlate perfectly.
+    (Ridge-regularized CCA instead gives a matrix with itself s^2 / (s^2 + reg) < 1,
+    so its self-similarity would depend on the spectrum.)"""
+    u, s = _spectra(a, mask, rank)
+    e = s.square()
+    before = e.cumsum(-1) - e  # energy of the stronger directions
+    keep = (before < energy * e.sum(-1, keepdim=True)) & (s > 1e-6)  # [batch, N, r]
+    ii, jj, sv = _pair_singular_values(u, keep.float())
+    k = torch.minimum(keep.sum(-1)[:, ii], keep.sum(-1)[:, jj]).clamp_min(1)
+    return _symmetric((sv.sum(-1) / k).clamp(0, 1), ii, jj, a.shape[1])
