@@ -95,6 +95,7 @@ class CalibrationConfig:
 class ScorerConfig:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
+    given: frozenset[str] = frozenset()  # params the recipe set explicitly
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def _check_scorers(data: list | None) -> tuple[ScorerConfig, ...]:
                 f"available: {', '.join(SCORERS.names())}"
             )
         params = SCORERS.get(d["name"]).check_params(d["params"] or {}, f"scorers[{i}].params")
-        out.append(ScorerConfig(d["name"], params))
+        out.append(ScorerConfig(d["name"], params, frozenset(d["params"] or {})))
     names = [s.name for s in out]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -193,6 +194,16 @@ def _pick_scorer(target_field: str, wanted: str | None, kind: str, scorers: tupl
     return able[0]
 
 
+def _follow_head_ratio(s: ScorerConfig, heads: HeadTarget) -> ScorerConfig:
+    """Scorers that prune by clustering need the head ratio; unless the recipe set their
+    own, they take targets.heads.ratio, so one number drives both."""
+    from .scorers import SCORERS
+
+    if s.name != heads.scorer or "ratio" in s.given or not getattr(SCORERS.get(s.name), "follows_head_ratio", False):
+        return s
+    return dataclasses.replace(s, params={**s.params, "ratio": heads.ratio})
+
+
 def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
     top = check_mapping(data, TOP)
     for stage in ("finetune", "evaluate"):
@@ -209,6 +220,7 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
     if targets["heads"] is not None:
         heads = HeadTarget(**check_mapping(targets["heads"], HEAD_TARGET, "targets.heads"))
         heads = HeadTarget(**{**heads.__dict__, "scorer": _pick_scorer("targets.heads", heads.scorer, "heads", scorers)})
+        scorers = tuple(_follow_head_ratio(s, heads) for s in scorers)
     if targets["neurons"] is not None:
         neurons = NeuronTarget(**check_mapping(targets["neurons"], NEURON_TARGET, "targets.neurons"))
         if (neurons.ratio is None) == (neurons.percentile is None):

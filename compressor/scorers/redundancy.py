@@ -1,0 +1,172 @@
+"""Redundancy: distances between every pair of heads, and zero-shot pruning by clustering.
+
+Bian, Huang, Cai, Yuan, Church, "On Attention Redundancy: A Comprehensive Study",
+NAACL 2021. The redundancy matrix holds, for every pair of the model's heads, a
+distance between their attention maps averaged over inputs; heads in one cluster do
+the same thing, so keeping one representative per cluster prunes without task data
+(the paper finds the matrices barely change between real text and random tokens).
+
+Scores: spectral clustering of the (mean) distance matrix into ceil(N * (1 - ratio))
+clusters; in each cluster the head with the best silhouette is the representative.
+Representatives score 2 + silhouette and the rest their silhouette in [-1, 1], so
+removing the lowest ``ratio`` of heads removes exactly the non-representatives.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import RecipeError
+from ..head_distances import (
+    METRICS, SENTENCE_METRICS, bhattacharyya_coefficient, cca_similarity, cosine_similarity, dcor_similarity,
+    js_distance_sums, pearson_similarity, procrustes_disparity, query_weights, stack_heads,
+)
+from ..schema import Field
+from ..types import HeadScores, Scores
+from .base import CaptureBatch, Scorer, register_scorer
+
+DEFAULT_METRICS = ["js", "cosine", "correlation", "bhattacharyya"]
+
+
+@register_scorer
+class RedundancyScorer(Scorer):
+    name = "redundancy"
+    needs = frozenset({"attentions"})
+    produces = frozenset({"heads"})
+    params = {
+        "metrics": Field("list", DEFAULT_METRICS, help=f"any of {', '.join(METRICS)}"),
+        "cluster_on": Field("str", "mean", help="'mean' of the metrics, or one metric"),
+        "ratio": Field("float", 0.5, lo=0.0, hi=1.0, help="share of heads to prune: clusters = ceil(N * (1 - ratio))"),
+        "js_query_sample": Field("int", None, lo=1, nullable=True, help="JS on this many query positions per batch"),
+        "sentence_sequences": Field("int", 32, lo=1, help="sequences used by dcor / procrustes / cca"),
+        "svd_rank": Field("int", 32, lo=1, help="singular directions per head for procrustes / cca"),
+    }
+    # When a recipe leaves ``ratio`` out, it follows targets.heads.ratio.
+    follows_head_ratio = True
+
+    @classmethod
+    def check_params(cls, data: dict[str, Any], path: str) -> dict[str, Any]:
+        p = super().check_params(data, path)
+        bad = [m for m in p["metrics"] if m not in METRICS]
+        if bad or not p["metrics"] or len(set(p["metrics"])) != len(p["metrics"]):
+            raise RecipeError(
+                f"recipe field '{path}.metrics' must list distinct metrics from {', '.join(METRICS)}; got {p['metrics']!r}"
+            )
+        if p["cluster_on"] != "mean" and p["cluster_on"] not in p["metrics"]:
+            raise RecipeError(
+                f"recipe field '{path}.cluster_on' must be 'mean' or one of the listed metrics "
+                f"({', '.join(p['metrics'])}); got {p['cluster_on']!r}"
+            )
+        return p
+
+    def begin(self, ctx) -> None:
+        super().begin(ctx)
+        n = sum(ctx.layout.heads_per_layer)
+        self._sums = {m: torch.zeros(n, n, dtype=torch.float64) for m in self.p["metrics"]}
+        self._counts = dict.fromkeys(self.p["metrics"], 0)
+        self._gen = torch.Generator().manual_seed(ctx.seed)
+
+    def update(self, batch: CaptureBatch) -> None:
+        mask = batch.attention_mask
+        a = stack_heads(batch.attentions) * mask[:, None, :, None]  # [batch, N, q, k], padded queries 0
+        w = query_weights(mask)  # [batch, q]
+        b = a.shape[0]
+        for m in self.p["metrics"]:
+            if m in SENTENCE_METRICS:
+                take = min(b, self.p["sentence_sequences"] - self._counts[m])
+                if take <= 0:
+                    continue
+                sub, sub_mask = a[:take], mask[:take]
+                if m == "dcor":
+                    d = 1 - dcor_similarity(sub, sub_mask)
+                elif m == "procrustes":
+                    d = procrustes_disparity(sub, sub_mask, self.p["svd_rank"])
+                else:
+                    d = 1 - cca_similarity(sub, sub_mask, self.p["svd_rank"])
+                self._add(m, d, take)
+                continue
+            if m == "js":
+                self._add(m, *self._js(a, mask))
+            elif m == "cosine":
+                self._add(m, 1 - cosine_similarity(a, w), b)
+            elif m == "correlation":
+                self._add(m, (1 - pearson_similarity(a, w, mask)) / 2, b)
+            elif m == "bhattacharyya":
+                self._add(m, 1 - bhattacharyya_coefficient(a, w), b)
+
+    def _js(self, a: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+        k = self.p["js_query_sample"]
+        if k is None or k >= a.shape[2]:
+            return js_distance_sums(a, query_weights(mask)), a.shape[0]
+        idx = torch.randperm(a.shape[2], generator=self._gen)[:k].sort().values
+        sub_mask = mask[:, idx]
+        seen = sub_mask.sum(1) > 0  # sequences with at least one sampled real query
+        d = js_distance_sums(a[seen][:, :, idx], query_weights(sub_mask[seen]))
+        return d, int(seen.sum())
+
+    def _add(self, metric: str, per_sequence: torch.Tensor, count: int) -> None:
+        self._sums[metric] += per_sequence.double().sum(0)
+        self._counts[metric] += count
+
+    def matrices(self) -> dict[str, np.ndarray]:
+        out = {}
+        for m, total in self._sums.items():
+            d = (total / max(self._counts[m], 1)).numpy()
+            d = (d + d.T) / 2
+            np.fill_diagonal(d, 0.0)
+            out[m] = d.clip(0, 1)
+        return out
+
+    def finish(self) -> Scores:
+        mats = self.matrices()
+        d = np.mean(list(mats.values()), axis=0) if self.p["cluster_on"] == "mean" else mats[self.p["cluster_on"]]
+        n = d.shape[0]
+        k = min(n, max(1, math.ceil(n * (1 - self.p["ratio"]))))
+        labels, silhouette, reps = cluster_heads(d, k, self.ctx.seed)
+        flat = silhouette.copy()
+        flat[reps] += 2.0
+        values, names, start = [], [], 0
+        for layer, h in enumerate(self.ctx.layout.heads_per_layer):
+            values.append(tuple(flat[start : start + h].tolist()))
+            names += [f"{layer}.{i}" for i in range(h)]
+            start += h
+        extras = {
+            "heads": names,
+            "matrices": {m: v.round(6).tolist() for m, v in mats.items()},
+            "clustered_on": self.p["cluster_on"],
+            "clusters": int(k),
+            "labels": labels.tolist(),
+            "silhouette": silhouette.round(6).tolist(),
+            "representatives": [names[i] for i in reps],
+            "sequences": dict(self._counts),
+        }
+        return Scores(heads=HeadScores(self.name, tuple(values), extras))
+
+
+def cluster_heads(d: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Spectral clustering of a distance matrix into k clusters; returns labels,
+    per-head silhouette (0 where undefined) and one representative per cluster."""
+    from sklearn.cluster import SpectralClustering
+    from sklearn.metrics import silhouette_samples
+
+    n = d.shape[0]
+    if k >= n:
+        return np.arange(n), np.zeros(n), list(range(n))
+    if k == 1:
+        labels = np.zeros(n, dtype=int)
+        sil = np.zeros(n)
+        return labels, sil, [int(d.mean(1).argmin())]  # the most central head
+    affinity = (1 - d).clip(0, 1)
+    labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed,
+                                assign_labels="cluster_qr").fit_predict(affinity)
+    defined = 1 < len(set(labels)) < n  # silhouette needs 2..n-1 clusters
+    sil = silhouette_samples(d, labels, metric="precomputed") if defined else np.zeros(n)
+    reps = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        reps.append(int(members[np.argmax(sil[members])]))  # ties: the lowest index
+    return labels, sil, sorted(reps)
