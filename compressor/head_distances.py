@@ -8,8 +8,7 @@ Token-based (per query token, then averaged over a sequence's real query tokens)
   the per-query averaging weight folded in (sqrt on both sides) one batched matmul over
   the flattened (q, k) axis gives every pair at once: [batch, N, q*k] @ [batch, q*k, N].
 - Jensen-Shannon needs the entropy of each pair's mixture (p+q)/2, which does not
-  factor: it is computed exactly over the upper triangle, in chunks of pairs so memory
-  stays bounded.
+  factor: it is computed exactly over the upper triangle in cache-sized blocks.
 Sentence-based (whole attention matrices of a sequence, real tokens only):
 - distance correlation: double-centred row-distance matrices, then a Gram matrix.
 - Procrustes disparity and SVCCA-regularized CCA: singular values of U_i^T U_j (scaled
@@ -71,33 +70,58 @@ def bhattacharyya_coefficient(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return _weighted_gram(a.clamp_min(0).sqrt(), w)
 
 
-def entropy_bits(p: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in bits over the last axis (0 log 0 = 0)."""
-    return -torch.special.xlogy(p, p).sum(-1) / math.log(2)
-
-
-def js_distance_sums(
-    a: torch.Tensor, w: torch.Tensor, pair_chunk: int | None = None, max_elements: int = 2**25
-) -> torch.Tensor:
+def js_distance_sums(a: torch.Tensor, w: torch.Tensor, block: int = 2**18) -> torch.Tensor:
     """sum_q w[b,q] * sqrt(JS(p_i(q), p_j(q))) for all pairs: [batch, N, N].
 
     Exact, float32, upper triangle only. JS(p, q) = H((p+q)/2) - (H(p) + H(q))/2 in bits,
-    in [0, 1]; its square root is a metric. Pairs are processed in chunks sized so one
-    chunk's mixture tensor has at most ``max_elements`` entries.
+    in [0, 1]; its square root is a metric. With s = p + q,
+    H((p+q)/2) = sum(s) / 2 - sum(s log2 s) / 2: one add, one log and one dot per element.
+    In float32, JS has an absolute error near 1e-7, which the square root turns into
+    about 3e-4 for identical heads: distances are resolved to ~1e-3 near 0.
+
+    The mixture term does not factor into matrix products, so it is computed block by
+    block: one head against a block of heads over a block of query rows, sized to
+    ``block`` elements so the add -> log -> dot chain stays in cache. Heads are laid out
+    contiguously first, because gathering pairs (a[:, i] + a[:, j] with index tensors)
+    measured 3.6x slower than adding contiguous slices.
     """
     b, n, q, k = a.shape
     out = a.new_zeros(b, n, n)
     if n < 2:
         return out
-    h = entropy_bits(a)  # [batch, N, q]
+    rows = b * q
+    # Zeros (padding) are floored once so log never sees 0: each floored term adds
+    # about 1e-28 bits. 1e-30 is a normal float32, so log stays on its fast path.
+    at = a.float().transpose(0, 1).reshape(n, rows, k).clamp_min(1e-30).contiguous()  # [N, rows, k]
+    h = -torch.linalg.vecdot(at, at.log()) / math.log(2)  # [N, rows] entropies
+    mass = at.sum(-1)  # [N, rows]: 1 up to rounding, and the rounding must cancel below
     ii, jj = torch.triu_indices(n, n, offset=1)
-    chunk = pair_chunk or max(1, max_elements // (b * q * k))
-    for start in range(0, len(ii), chunk):
-        i, j = ii[start : start + chunk], jj[start : start + chunk]
-        mix = (a[:, i] + a[:, j]) * 0.5  # [batch, chunk, q, k]
-        js = entropy_bits(mix) - 0.5 * (h[:, i] + h[:, j])  # [batch, chunk, q]
-        d = js.clamp(0, 1).sqrt()  # [batch, chunk, q]: rounding can leave JS just outside [0, 1]
-        out[:, i, j] = (d * w[:, None, :]).sum(-1)
+    hm = torch.empty(len(ii), rows)  # [pairs, rows] mixture entropies, pairs in triu order
+    buf_sum, buf_log = torch.empty(block + k), torch.empty(block + k)
+    per_block = max(1, block // k)  # rows of k keys per block
+    half_inv_ln2 = 0.5 / math.log(2)
+    first = 0  # index in triu order of pair (i, i + 1)
+    for i in range(n - 1):
+        nj = n - i - 1
+        rb = max(1, min(rows, per_block // nj))
+        jb = max(1, min(nj, per_block // rb))
+        for j0 in range(i + 1, n, jb):
+            j1 = min(n, j0 + jb)
+            for r0 in range(0, rows, rb):
+                r1 = min(rows, r0 + rb)
+                shape = (j1 - j0, r1 - r0, k)
+                size = shape[0] * shape[1] * k
+                s = torch.add(at[j0:j1, r0:r1], at[i, r0:r1], out=buf_sum[:size].view(shape))  # [J, R, k]
+                log_s = torch.log(s, out=buf_log[:size].view(shape))
+                # H(m) = sum(m) - sum(s log2 s) / 2 with m = s / 2: using the actual masses
+                # rather than 1 keeps identical heads at JS ~ 0 instead of rounding noise
+                hm[first + j0 - i - 1 : first + j1 - i - 1, r0:r1] = (
+                    0.5 * (mass[j0:j1, r0:r1] + mass[i, r0:r1]) - half_inv_ln2 * torch.linalg.vecdot(s, log_s)
+                )
+        first += nj
+    js = hm - 0.5 * (h[ii] + h[jj])  # [pairs, rows]
+    d = (js.clamp(0, 1).sqrt().view(-1, b, q) * w[None]).sum(-1)  # [pairs, batch]
+    out[:, ii, jj] = d.T
     return out + out.transpose(1, 2)
 
 

@@ -49,7 +49,9 @@ def test_identical_heads_cluster_together():
             w.bias[8:16] = w.bias[0:8]
     _, heads = score(model, metrics=["js"], ratio=11 / 12)  # 1 cluster of 12 heads is too coarse
     d = np.array(heads.extras["matrices"]["js"])
-    assert d[0, 1] < 1e-6 < d[0, 2]
+    # float32 resolves sqrt(JS) near 0 to ~1e-3 (see js_distance_sums)
+    assert d[0, 1] < 1e-3 and d[0, 2] > 50 * d[0, 1]
+    assert d[0, 1] == d[np.triu_indices(12, 1)].min()
 
 
 def test_js_query_sample_is_close_to_exact():
