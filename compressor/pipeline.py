@@ -72,7 +72,7 @@ def run_recipe(
         before = _size_summary(net)
 
     scorers = [SCORERS.get(s.name)(**s.params) for s in recipe.scorers]
-    ctx = ScoringContext(net, adapter, layout, recipe.seed)
+    ctx = ScoringContext(net, adapter, layout, recipe.seed, tokenizer)
     for s in scorers:
         s.begin(ctx)
     if any(s.needs for s in scorers):
@@ -117,7 +117,10 @@ def run_recipe(
             for name, res in results.items():
                 for part in (res.heads, res.neurons):
                     if part is not None:
-                        data = {**part.to_json(), "extras": part.extras}
+                        extras = dict(part.extras)
+                        for fig, png in extras.pop("figures", {}).items():
+                            (tmp / "scores" / f"{fig}.png").write_bytes(png)
+                        data = {**part.to_json(), "extras": extras}
                         (tmp / "scores" / f"{name}.{data['kind']}.json").write_text(json.dumps(data))
         if recipe.export is not None:
             with timer("export"):

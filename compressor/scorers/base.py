@@ -27,6 +27,15 @@ class ScoringContext:
     adapter: Adapter
     layout: Layout
     seed: int
+    tokenizer: Any = None  # for special-token ids; None for tokenizer-less test models
+
+
+def token_id(tokenizer, token: str | None) -> int:
+    """Id of a token string, or -1 (matches nothing) when absent."""
+    if tokenizer is None or token is None:
+        return -1
+    tid = tokenizer.convert_tokens_to_ids(token)
+    return -1 if tid is None or tid == tokenizer.unk_token_id else int(tid)
 
 
 @dataclass
