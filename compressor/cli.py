@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,12 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
     compress export --model DIR --output DIR [--quantize int8]
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log = logging.getLogger("compressor")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
     if ctx.invoked_subcommand is not None:
         if recipe is not None:
             raise CompressorError("--recipe runs a whole recipe; it cannot be combined with a subcommand")
