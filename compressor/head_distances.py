@@ -40,34 +40,47 @@ def query_weights(mask: torch.Tensor) -> torch.Tensor:
     return m / m.sum(1, keepdim=True).clamp_min(1)
 
 
-def _weighted_gram(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """sum_q w[b,q] <x[b,i,q,:], x[b,j,q,:]> for all pairs: [batch, N, N]."""
-    b, n, q, k = x.shape
-    xs = (x * w.sqrt()[:, None, :, None]).reshape(b, n, q * k)  # [batch, N, q*k]
-    return xs @ xs.transpose(1, 2)
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """sum over (q, k) of x[b,i,q,k] * x[b,j,q,k]: [batch, N, N], one batched matmul."""
+    flat = x.flatten(2)  # [batch, N, q*k]
+    return flat @ flat.transpose(1, 2)
 
 
-def cosine_similarity(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Mean over real query tokens of cos(p_i, p_j): [batch, N, N]."""
-    an = a / a.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-    return _weighted_gram(an, w)
+def _row_factor(scale: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # per (batch, head, query) multiplier [batch, N, q, 1]: a row normalization times
+    # sqrt of the query's averaging weight, so one elementwise pass prepares a Gram input
+    return (scale * w.sqrt()[:, None, :])[..., None]
 
 
-def pearson_similarity(a: torch.Tensor, w: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+def cosine_similarity(a: torch.Tensor, w: torch.Tensor, sumsq: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over real query tokens of cos(p_i, p_j): [batch, N, N].
+
+    sumsq: sum_k p^2 per row ([batch, N, q]), shared with pearson_similarity."""
+    sumsq = (a * a).sum(-1) if sumsq is None else sumsq
+    return _gram(a * _row_factor(sumsq.clamp_min(_EPS).rsqrt(), w))  # a is shared: not in place
+
+
+def pearson_similarity(
+    a: torch.Tensor, w: torch.Tensor, key_mask: torch.Tensor, sumsq: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over real query tokens of Pearson r(p_i, p_j) over the real keys: [batch, N, N].
 
-    A row with no variance (e.g. a single real key) has r defined as 0."""
-    km = key_mask.float()[:, None, None, :]  # [batch, 1, 1, k]
-    n_keys = km.sum(-1, keepdim=True).clamp_min(1)
-    centred = (a - (a * km).sum(-1, keepdim=True) / n_keys) * km
-    norm = centred.norm(dim=-1, keepdim=True)
-    centred = torch.where(norm > 1e-9, centred / norm.clamp_min(_EPS), torch.zeros_like(centred))
-    return _weighted_gram(centred, w)
+    Rows sum to 1 over the L real keys, so a row's mean is 1/L and its centred squared
+    norm is sum p^2 - 1/L: no separate centring pass. A row with no variance (e.g. a
+    single real key) has r defined as 0."""
+    sumsq = (a * a).sum(-1) if sumsq is None else sumsq
+    inv_len = 1 / key_mask.sum(1).clamp_min(1).float()[:, None, None]  # [batch, 1, 1]
+    var = sumsq - inv_len  # [batch, N, q] centred squared norms
+    scale = torch.where(var > 1e-9, var.clamp_min(_EPS).rsqrt(), torch.zeros_like(var))
+    centred = (a - inv_len[..., None]).mul_(_row_factor(scale, w))
+    if not bool(key_mask.all()):
+        centred.mul_(key_mask[:, None, None, :].to(a.dtype))  # padding keys are not samples
+    return _gram(centred)
 
 
 def bhattacharyya_coefficient(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Mean over real query tokens of sum_k sqrt(p q): [batch, N, N]."""
-    return _weighted_gram(a.clamp_min(0).sqrt(), w)
+    return _gram(a.clamp_min(0).sqrt_().mul_(_row_factor(torch.ones_like(w)[:, None, :], w)))
 
 
 def js_distance_sums(a: torch.Tensor, w: torch.Tensor, block: int = 2**18) -> torch.Tensor:

@@ -9,7 +9,7 @@ like persistence, which keeps N x neurons floats per layer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -47,6 +47,16 @@ class CaptureBatch:
     summary_index: torch.Tensor  # [batch] position of the [CLS]-like token
     attentions: tuple[torch.Tensor, ...] | None  # per layer [batch, heads_l, seq(q), seq(k)]
     ffn_summary: tuple[torch.Tensor, ...] | None  # per layer [batch, neurons_l], after the activation
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def heads(self) -> torch.Tensor:
+        """All heads stacked, padded query rows zeroed: [batch, N, q, k]. Computed once
+        per batch and shared by every scorer."""
+        if "heads" not in self._cache:
+            from ..head_distances import stack_heads
+
+            self._cache["heads"] = stack_heads(self.attentions) * self.attention_mask[:, None, :, None]
+        return self._cache["heads"]
 
 
 class Scorer:

@@ -109,10 +109,8 @@ class HeadTypesScorer(Scorer):
         self._features: list[torch.Tensor] = []  # per batch [batch, N, 21]
 
     def update(self, batch: CaptureBatch) -> None:
-        from ..head_distances import stack_heads
-
         cats = key_categories(batch.input_ids, batch.attention_mask, self.special)
-        self._features.append(distance_features(stack_heads(batch.attentions), cats, batch.attention_mask))
+        self._features.append(distance_features(batch.heads(), cats, batch.attention_mask))
 
     def finish(self) -> Scores:
         from sklearn.cluster import KMeans

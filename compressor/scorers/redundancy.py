@@ -23,7 +23,7 @@ import torch
 from ..errors import RecipeError
 from ..head_distances import (
     METRICS, SENTENCE_METRICS, bhattacharyya_coefficient, cca_similarity, cosine_similarity, dcor_similarity,
-    js_distance_sums, pearson_similarity, procrustes_disparity, query_weights, stack_heads,
+    js_distance_sums, pearson_similarity, procrustes_disparity, query_weights,
 )
 from ..schema import Field
 from ..types import HeadScores, Scores
@@ -72,9 +72,10 @@ class RedundancyScorer(Scorer):
 
     def update(self, batch: CaptureBatch) -> None:
         mask = batch.attention_mask
-        a = stack_heads(batch.attentions) * mask[:, None, :, None]  # [batch, N, q, k], padded queries 0
+        a = batch.heads()  # [batch, N, q, k], padded queries 0
         w = query_weights(mask)  # [batch, q]
         b = a.shape[0]
+        sumsq = (a * a).sum(-1) if {"cosine", "correlation"} & set(self.p["metrics"]) else None  # [batch, N, q]
         for m in self.p["metrics"]:
             if m in SENTENCE_METRICS:
                 take = min(b, self.p["sentence_sequences"] - self._counts[m])
@@ -92,9 +93,9 @@ class RedundancyScorer(Scorer):
             if m == "js":
                 self._add(m, *self._js(a, mask))
             elif m == "cosine":
-                self._add(m, 1 - cosine_similarity(a, w), b)
+                self._add(m, 1 - cosine_similarity(a, w, sumsq), b)
             elif m == "correlation":
-                self._add(m, (1 - pearson_similarity(a, w, mask)) / 2, b)
+                self._add(m, (1 - pearson_similarity(a, w, mask, sumsq)) / 2, b)
             elif m == "bhattacharyya":
                 self._add(m, 1 - bhattacharyya_coefficient(a, w), b)
 

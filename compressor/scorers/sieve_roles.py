@@ -179,8 +179,6 @@ class SieveRolesScorer(Scorer):
         self._unaligned = 0
 
     def update(self, batch: CaptureBatch) -> None:
-        from ..head_distances import stack_heads
-
         ids, mask = batch.input_ids, batch.attention_mask
         types = torch.zeros_like(ids)  # one segment unless the batch says otherwise
         parts = [positional_sieves(ids, mask, types, self.special, self.positional)]
@@ -188,7 +186,7 @@ class SieveRolesScorer(Scorer):
             syn, skipped = syntactic_sieves(ids, mask, self.ctx.tokenizer, self._parser, self.syntactic)
             parts.append(syn)
             self._unaligned += skipped
-        attn = stack_heads(batch.attentions) * mask[:, None, :, None]
+        attn = batch.heads()
         self._bias.append(sieve_bias(attn, torch.cat(parts, -1), mask))
 
     def finish(self) -> Scores:
