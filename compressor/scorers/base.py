@@ -89,6 +89,27 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     return SCORERS.register(cls.name)(cls)
 
 
+def per_layer(flat, heads_per_layer) -> tuple[tuple[tuple[float, ...], ...], list[str]]:
+    """Split one score per head of the whole model into per-layer tuples, with the
+    heads' "layer.head" names in the same order."""
+    values, names, start = [], [], 0
+    for layer, h in enumerate(heads_per_layer):
+        values.append(tuple(float(v) for v in flat[start : start + h]))
+        names += [f"{layer}.{i}" for i in range(h)]
+        start += h
+    return tuple(values), names
+
+
+def delimiter_ids(tokenizer) -> dict[str, int]:
+    """Ids of the sequence-start and sequence-end tokens ([CLS]/[SEP], <s>/</s>, or
+    GPT-2's bos/eos); -1 where the model has none."""
+    def first(*attrs):
+        return next((getattr(tokenizer, a) for a in attrs if getattr(tokenizer, a, None)), None)
+
+    return {"cls": token_id(tokenizer, first("cls_token", "bos_token")),
+            "sep": token_id(tokenizer, first("sep_token", "eos_token"))}
+
+
 def weight_out_in(module: nn.Module) -> torch.Tensor:
     """A projection's weight as [out, in], whatever its storage (Linear or Conv1D)."""
     w = module.weight.detach()

@@ -28,7 +28,7 @@ import torch
 from ..errors import RecipeError
 from ..schema import Field
 from ..types import HeadScores, Scores
-from .base import CaptureBatch, Scorer, register_scorer, token_id
+from .base import CaptureBatch, Scorer, delimiter_ids, per_layer, register_scorer, token_id
 
 WINDOWS = 16
 FEATURES = ["cls", "sep", "comma", "period", "self"] + [f"window{i}" for i in range(WINDOWS)]
@@ -100,12 +100,7 @@ class HeadTypesScorer(Scorer):
     def begin(self, ctx) -> None:
         super().begin(ctx)
         tok = ctx.tokenizer
-        self.special = {
-            "cls": token_id(tok, getattr(tok, "cls_token", None) or getattr(tok, "bos_token", None)),
-            "sep": token_id(tok, getattr(tok, "sep_token", None) or getattr(tok, "eos_token", None)),
-            "comma": token_id(tok, ","),
-            "period": token_id(tok, "."),
-        }
+        self.special = {**delimiter_ids(tok), "comma": token_id(tok, ","), "period": token_id(tok, ".")}
         self._features: list[torch.Tensor] = []  # per batch [batch, N, 21]
 
     def update(self, batch: CaptureBatch) -> None:
@@ -125,11 +120,7 @@ class HeadTypesScorer(Scorer):
         order = self.p["prune_order"] if k == 4 else sorted(set(names))
         rank = np.array([order.index(t) if t in order else len(order) for t in types], dtype=float)
         flat = rank + dist / (dist.max() + 1e-12) * 0.999  # type rank first, then atypicality
-        values, heads, start = [], [], 0
-        for layer, h in enumerate(self.ctx.layout.heads_per_layer):
-            values.append(tuple(flat[start : start + h].tolist()))
-            heads += [f"{layer}.{i}" for i in range(h)]
-            start += h
+        values, heads = per_layer(flat, self.ctx.layout.heads_per_layer)
         extras = {
             "heads": heads,
             "features": FEATURES,

@@ -27,7 +27,7 @@ from ..head_distances import (
 )
 from ..schema import Field
 from ..types import HeadScores, Scores
-from .base import CaptureBatch, Scorer, register_scorer
+from .base import CaptureBatch, Scorer, per_layer, register_scorer
 
 DEFAULT_METRICS = ["js", "cosine", "correlation", "bhattacharyya"]
 
@@ -130,11 +130,7 @@ class RedundancyScorer(Scorer):
         labels, silhouette, reps = cluster_heads(d, k, self.ctx.seed)
         flat = silhouette.copy()
         flat[reps] += 2.0
-        values, names, start = [], [], 0
-        for layer, h in enumerate(self.ctx.layout.heads_per_layer):
-            values.append(tuple(flat[start : start + h].tolist()))
-            names += [f"{layer}.{i}" for i in range(h)]
-            start += h
+        values, names = per_layer(flat, self.ctx.layout.heads_per_layer)
         extras = {
             "heads": names,
             "matrices": {m: v.round(6).tolist() for m, v in mats.items()},

@@ -28,7 +28,7 @@ import torch
 from ..errors import RecipeError
 from ..schema import Field
 from ..types import HeadScores, Scores
-from .base import CaptureBatch, Scorer, register_scorer, token_id
+from .base import CaptureBatch, Scorer, delimiter_ids, per_layer, register_scorer
 
 log = logging.getLogger("compressor")
 POSITIONAL = ("local", "prev", "next", "delimiter", "cls", "sep", "block")
@@ -99,7 +99,7 @@ def syntactic_sieves(input_ids, mask, tokenizer, parser: Parser, names) -> tuple
     texts = [tokenizer.decode(input_ids[i, : int(n)].tolist(), skip_special_tokens=True) for i, n in enumerate(lengths)]
     parses = parser(texts)
     skipped = 0
-    for i, (text, (starts, ends, deps, heads)) in enumerate(zip(texts, parses, strict=True)):
+    for i, (text, (starts, _ends, deps, heads)) in enumerate(zip(texts, parses, strict=True)):
         enc = tokenizer(text, return_offsets_mapping=True, truncation=True, max_length=s)
         n = int(lengths[i])
         if enc["input_ids"] != input_ids[i, :n].tolist():
@@ -168,10 +168,7 @@ class SieveRolesScorer(Scorer):
     def begin(self, ctx) -> None:
         super().begin(ctx)
         tok = ctx.tokenizer
-        self.special = {
-            "cls": token_id(tok, getattr(tok, "cls_token", None) or getattr(tok, "bos_token", None)),
-            "sep": token_id(tok, getattr(tok, "sep_token", None) or getattr(tok, "eos_token", None)),
-        }
+        self.special = delimiter_ids(tok)
         self.notices: list[str] = []
         wanted_syn = [s for s in self.p["sieves"] if s in SYNTACTIC]
         if wanted_syn and self._parser is None:
@@ -214,11 +211,7 @@ class SieveRolesScorer(Scorer):
         n_roles = has.sum(1)
         top = np.nan_to_num(mean).max(1) if mean.size else np.zeros(len(n_roles))
         flat = n_roles + top / (1 + np.abs(top))  # roles first, then bias in [0, 1)
-        values, heads, start = [], [], 0
-        for layer, h in enumerate(self.ctx.layout.heads_per_layer):
-            values.append(tuple(flat[start : start + h].tolist()))
-            heads += [f"{layer}.{i}" for i in range(h)]
-            start += h
+        values, heads = per_layer(flat, self.ctx.layout.heads_per_layer)
         extras = {
             "heads": heads,
             "sieves": names,
