@@ -4,9 +4,9 @@ All heads of the model are stacked: A [batch, N, q, k], N = sum of heads over la
 Each query row is a distribution over the real keys (padding keys hold 0).
 
 Token-based (per query token, then averaged over a sequence's real query tokens):
-- cosine, correlation and Bhattacharyya are inner products over the key axis, so with
-  the per-query averaging weight folded in (sqrt on both sides) one batched matmul over
-  the flattened (q, k) axis gives every pair at once: [batch, N, q*k] @ [batch, q*k, N].
+- cosine, correlation and Bhattacharyya are inner products over the key axis of rows
+  prepared in one elementwise pass, so one batched matmul over the flattened (q, k)
+  axis gives every pair at once: [batch, N, q*k] @ [batch, q*k, N].
 - Jensen-Shannon needs the entropy of each pair's mixture (p+q)/2, which does not
   factor: it is computed exactly over the upper triangle in cache-sized blocks.
 Sentence-based (whole attention matrices of a sequence, real tokens only):
@@ -40,47 +40,45 @@ def query_weights(mask: torch.Tensor) -> torch.Tensor:
     return m / m.sum(1, keepdim=True).clamp_min(1)
 
 
-def _gram(x: torch.Tensor) -> torch.Tensor:
-    """sum over (q, k) of x[b,i,q,k] * x[b,j,q,k]: [batch, N, N], one batched matmul."""
+def _mean_gram(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the mean over real queries of <x[b,i,q,:], x[b,j,q,:]>: [batch, N, N].
+
+    One batched matmul over the flattened (q, k) axis. Padded query rows of ``x`` must
+    be 0 (as in CaptureBatch.heads()), so the per-query averaging weight is the constant
+    1/n of the sequence and is applied to the N x N result, not to every row."""
     flat = x.flatten(2)  # [batch, N, q*k]
-    return flat @ flat.transpose(1, 2)
+    n = mask.sum(1).clamp_min(1).to(x.dtype)[:, None, None]  # [batch, 1, 1]
+    return (flat @ flat.transpose(1, 2)) / n
 
 
-def _row_factor(scale: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    # per (batch, head, query) multiplier [batch, N, q, 1]: a row normalization times
-    # sqrt of the query's averaging weight, so one elementwise pass prepares a Gram input
-    return (scale * w.sqrt()[:, None, :])[..., None]
-
-
-def cosine_similarity(a: torch.Tensor, w: torch.Tensor, sumsq: torch.Tensor | None = None) -> torch.Tensor:
+def cosine_similarity(a: torch.Tensor, mask: torch.Tensor, sumsq: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over real query tokens of cos(p_i, p_j): [batch, N, N].
 
-    sumsq: sum_k p^2 per row ([batch, N, q]), shared with pearson_similarity."""
+    a: [batch, N, q, k] with padded query rows 0. sumsq: sum_k p^2 per row
+    ([batch, N, q]), shared with pearson_similarity."""
     sumsq = (a * a).sum(-1) if sumsq is None else sumsq
-    return _gram(a * _row_factor(sumsq.clamp_min(_EPS).rsqrt(), w))  # a is shared: not in place
+    return _mean_gram(a * sumsq.clamp_min(_EPS).rsqrt()[..., None], mask)  # a is shared: not in place
 
 
-def pearson_similarity(
-    a: torch.Tensor, w: torch.Tensor, key_mask: torch.Tensor, sumsq: torch.Tensor | None = None
-) -> torch.Tensor:
+def pearson_similarity(a: torch.Tensor, mask: torch.Tensor, sumsq: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over real query tokens of Pearson r(p_i, p_j) over the real keys: [batch, N, N].
 
     Rows sum to 1 over the L real keys, so a row's mean is 1/L and its centred squared
     norm is sum p^2 - 1/L: no separate centring pass. A row with no variance (e.g. a
-    single real key) has r defined as 0."""
+    single real key, or a padded query) has r defined as 0."""
     sumsq = (a * a).sum(-1) if sumsq is None else sumsq
-    inv_len = 1 / key_mask.sum(1).clamp_min(1).float()[:, None, None]  # [batch, 1, 1]
+    inv_len = 1 / mask.sum(1).clamp_min(1).to(a.dtype)[:, None, None]  # [batch, 1, 1]
     var = sumsq - inv_len  # [batch, N, q] centred squared norms
     scale = torch.where(var > 1e-9, var.clamp_min(_EPS).rsqrt(), torch.zeros_like(var))
-    centred = (a - inv_len[..., None]).mul_(_row_factor(scale, w))
-    if not bool(key_mask.all()):
-        centred.mul_(key_mask[:, None, None, :].to(a.dtype))  # padding keys are not samples
-    return _gram(centred)
+    centred = (a - inv_len[..., None]).mul_(scale[..., None])
+    if not bool(mask.all()):
+        centred.mul_(mask[:, None, None, :].to(a.dtype))  # padding keys are not samples
+    return _mean_gram(centred, mask)
 
 
-def bhattacharyya_coefficient(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Mean over real query tokens of sum_k sqrt(p q): [batch, N, N]."""
-    return _gram(a.clamp_min(0).sqrt_().mul_(_row_factor(torch.ones_like(w)[:, None, :], w)))
+def bhattacharyya_coefficient(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real query tokens of sum_k sqrt(p q): [batch, N, N] (a >= 0, softmax)."""
+    return _mean_gram(a.sqrt(), mask)
 
 
 def js_distance_sums(a: torch.Tensor, w: torch.Tensor, block: int = 2**18) -> torch.Tensor:

@@ -118,6 +118,10 @@ def _load_pruned(cls, config, folder: Path, layout: Layout, kwargs: dict) -> nn.
     full = adapter_for(model).layout()
     if full.num_layers != layout.num_layers:
         raise ModelLoadError(f"{folder}: config.json layout has {layout.num_layers} layers, the model {full.num_layers}")
+    too_big = [i for i in range(full.num_layers) if layout.heads_per_layer[i] > full.heads_per_layer[i]
+               or layout.ffn_per_layer[i] > full.ffn_per_layer[i]]
+    if too_big:
+        raise ModelLoadError(f"{folder}: config.json layout is larger than the architecture in layer {too_big[0]}")
     # Which heads/neurons were removed does not matter here: the weights are replaced
     # below, only the per-layer shapes must match.
     shape_plan = PruningPlan.build(
@@ -126,7 +130,10 @@ def _load_pruned(cls, config, folder: Path, layout: Layout, kwargs: dict) -> nn.
     )
     apply_plan(model, shape_plan, inplace=True)
     state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ModelLoadError(f"{folder}: weights do not match the recorded layout ({str(e).splitlines()[1].strip()})") from None
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:

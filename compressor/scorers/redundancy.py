@@ -73,7 +73,6 @@ class RedundancyScorer(Scorer):
     def update(self, batch: CaptureBatch) -> None:
         mask = batch.attention_mask
         a = batch.heads()  # [batch, N, q, k], padded queries 0
-        w = query_weights(mask)  # [batch, q]
         b = a.shape[0]
         sumsq = (a * a).sum(-1) if {"cosine", "correlation"} & set(self.p["metrics"]) else None  # [batch, N, q]
         for m in self.p["metrics"]:
@@ -93,11 +92,11 @@ class RedundancyScorer(Scorer):
             if m == "js":
                 self._add(m, *self._js(a, mask))
             elif m == "cosine":
-                self._add(m, 1 - cosine_similarity(a, w, sumsq), b)
+                self._add(m, 1 - cosine_similarity(a, mask, sumsq), b)
             elif m == "correlation":
-                self._add(m, (1 - pearson_similarity(a, w, mask, sumsq)) / 2, b)
+                self._add(m, (1 - pearson_similarity(a, mask, sumsq)) / 2, b)
             elif m == "bhattacharyya":
-                self._add(m, 1 - bhattacharyya_coefficient(a, w), b)
+                self._add(m, 1 - bhattacharyya_coefficient(a, mask), b)
 
     def _js(self, a: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         k = self.p["js_query_sample"]

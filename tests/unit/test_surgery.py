@@ -118,3 +118,22 @@ def test_plan_json_round_trip(tmp_path):
     again = PruningPlan.load(tmp_path / "plan.json")
     assert again == plan
     assert again.heads == {0: (1, 3)}
+
+
+def test_corrupt_layout_is_a_clear_error(tmp_path):
+    import json
+
+    from compressor.errors import ModelLoadError
+
+    pruned = apply_plan(MODELS["bert"], PruningPlan.build(heads={0: [0]}))
+    save_model(pruned, tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["compressor_layout"]["heads_per_layer"] = [4, 4, 4]  # claims head 0 is still there
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="weights do not match the recorded layout"):
+        load_model(str(tmp_path / "m"))
+    cfg["compressor_layout"]["heads_per_layer"] = [9, 4, 4]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="larger than the architecture in layer 0"):
+        load_model(str(tmp_path / "m"))
