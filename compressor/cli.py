@@ -52,20 +52,20 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
         log.addHandler(handler)
         log.propagate = False
     if ctx.invoked_subcommand is not None:
-        if recipe is not None:
-            raise CompressorError("--recipe runs a whole recipe; it cannot be combined with a subcommand")
+        if recipe is not None or calibration_text is not None:
+            raise CompressorError("--recipe and --calibration-text run a recipe; they cannot be combined with a subcommand")
         return
     if recipe is None:
         click.echo(ctx.get_help())
         return
-    from .pipeline import run_recipe
+    from .pipeline import default_output, run_recipe
     from .recipe import load_recipe, with_calibration_text
 
     r = load_recipe(recipe)
     if calibration_text is not None:
         r = with_calibration_text(r, str(calibration_text))
     metrics = run_recipe(r, output=output, overwrite=overwrite, model=model, progress=not quiet)
-    out = output if output is not None else Path(r.output or Path("runs") / r.name)
+    out = output if output is not None else default_output(r)
     b, a = metrics["before"], metrics["after"]
     click.echo(
         f"{r.name}: parameters {b['parameters']:,} -> {a['parameters']:,} "
@@ -73,7 +73,12 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
         f"{metrics['flops_kept_share']:.1%} kept, heads {sum(b['heads_per_layer'])} -> {sum(a['heads_per_layer'])}, "
         f"FFN neurons {sum(b['ffn_per_layer'])} -> {sum(a['ffn_per_layer'])}"
     )
-    click.echo(f"wrote {out}/ (model/, plan.json, scores/, metrics.json, report.html)")
+    if "export" in metrics:
+        ex = metrics["export"]
+        parity = ", ".join(f"{k} {v:.2g}" for k, v in ex["parity"].items())
+        click.echo(f"ONNX: max |onnx - torch| {parity}; fused attention heads per layer {ex['fused_attention']}")
+    click.echo(f"wrote {out}/ (model/, plan.json, scores/, metrics.json, report.html"
+               f"{', onnx/' if 'export' in metrics else ''})")
 
 
 @main.command()

@@ -126,8 +126,8 @@ def max_difference(model: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -
     return float(diff.max())
 
 
-def fused_attention_heads(path: Path, num_layers: int) -> list[int | None]:
-    """num_heads of each fused Attention node in graph order, padded with None."""
+def fused_attention_heads(path: Path) -> list[int]:
+    """num_heads of each fused Attention node, in graph (= layer) order."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -136,7 +136,7 @@ def fused_attention_heads(path: Path, num_layers: int) -> list[int | None]:
         for n in graph.node
         if n.op_type in ("Attention", "MultiHeadAttention")
     ]
-    return heads + [None] * (num_layers - len(heads))
+    return heads
 
 
 def optimize(raw: Path, out: Path, model_type: str) -> None:
@@ -224,10 +224,9 @@ def export_model(
         optimize(raw, out_dir / OPTIMIZED, "gpt2" if adapter.spec.causal else "bert")
         result.files["optimized"] = OPTIMIZED
         result.parity[OPTIMIZED] = max_difference(model, out_dir / OPTIMIZED, feeds)
-        fused = fused_attention_heads(out_dir / OPTIMIZED, len(result.heads_per_layer))
         # graph order is layer order; layers without heads have no attention to fuse
-        it = iter(h for h in fused if h is not None)
-        result.fused_attention = [next(it, None) if n > 0 else None for n in result.heads_per_layer]
+        fused = iter(fused_attention_heads(out_dir / OPTIMIZED))
+        result.fused_attention = [next(fused, None) if n > 0 else None for n in result.heads_per_layer]
         missing = [i for i, (n, f) in enumerate(zip(result.heads_per_layer, result.fused_attention, strict=True))
                    if n > 0 and f != n]
         if missing:
