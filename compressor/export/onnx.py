@@ -46,6 +46,7 @@ class ExportResult:
     atol: float
     heads_per_layer: list[int]
     fused_attention: list[int | None] = field(default_factory=list)  # per layer: num_heads fused, None if not
+    quantized_cosine: float | None = None  # int8 vs PyTorch: mean cosine of output vectors (real tokens)
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -110,9 +111,10 @@ def _session(path: Path):
 
 
 @torch.no_grad()
-def max_difference(model: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -> float:
-    """Largest |ONNX - PyTorch| over the first output, at real (unpadded) tokens only:
-    padded positions hold values no consumer reads, and exporters may differ there."""
+def compare(model: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(largest |ONNX - PyTorch|, mean cosine of their output vectors) over the first
+    output, at real (unpadded) tokens only: padded positions hold values no consumer
+    reads, and exporters may differ there."""
     sess = _session(path)
     onnx_out = sess.run(None, feeds)[0]
     torch_in = {k: torch.from_numpy(v) for k, v in feeds.items()}
@@ -120,10 +122,11 @@ def max_difference(model: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -
     ref = (out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state).numpy()
     if onnx_out.shape != ref.shape:
         raise ParityError(f"ONNX output shape {onnx_out.shape} differs from PyTorch's {ref.shape}")
-    diff = np.abs(onnx_out - ref)
-    if diff.ndim == 3:  # [batch, seq, features]: keep real tokens
-        diff = diff[feeds["attention_mask"].astype(bool)]
-    return float(diff.max())
+    if onnx_out.ndim == 3:  # [batch, seq, features]: keep real tokens
+        real = feeds["attention_mask"].astype(bool)
+        onnx_out, ref = onnx_out[real], ref[real]
+    cos = (onnx_out * ref).sum(-1) / (np.linalg.norm(onnx_out, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
+    return float(np.abs(onnx_out - ref).max()), float(cos.mean())
 
 
 def fused_attention_heads(path: Path) -> list[int]:
@@ -219,11 +222,11 @@ def export_model(
         task=task, exporter="optimum.onnx_export_from_model", files={"raw": RAW}, parity={}, atol=atol,
         heads_per_layer=list(adapter.layout().heads_per_layer),
     )
-    result.parity[RAW] = max_difference(model, raw, feeds)
+    result.parity[RAW] = compare(model, raw, feeds)[0]
     if optimize_graph:
         optimize(raw, out_dir / OPTIMIZED, "gpt2" if adapter.spec.causal else "bert")
         result.files["optimized"] = OPTIMIZED
-        result.parity[OPTIMIZED] = max_difference(model, out_dir / OPTIMIZED, feeds)
+        result.parity[OPTIMIZED] = compare(model, out_dir / OPTIMIZED, feeds)[0]
         # graph order is layer order; layers without heads have no attention to fuse
         fused = iter(fused_attention_heads(out_dir / OPTIMIZED))
         result.fused_attention = [next(fused, None) if n > 0 else None for n in result.heads_per_layer]
@@ -240,6 +243,6 @@ def export_model(
         result.files["quantized"] = QUANTIZED
         # int8 cannot meet an fp32 tolerance; its difference is reported, and its
         # accuracy cost is what evaluation measures.
-        result.parity[QUANTIZED] = max_difference(model, out_dir / QUANTIZED, feeds)
+        result.parity[QUANTIZED], result.quantized_cosine = compare(model, out_dir / QUANTIZED, feeds)
     (out_dir / "export.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result

@@ -70,6 +70,7 @@ def test_obce50_recipe_end_to_end(tmp_path):
     ex = m["export"]
     assert ex["parity"]["model.onnx"] <= 1e-4 and ex["parity"]["model_optimized.onnx"] <= 1e-4
     assert ex["fused_attention"] == [12] * 6
+    assert ex["quantized_cosine"] > 0.95  # int8 keeps the output vectors' direction
     assert (out / "onnx" / "model_quantized.onnx").is_file() and (out / "onnx" / "tokenizer.json").is_file()
     assert 'id="export"' in (out / "report.html").read_text()
     model = load_model(str(out / "model"))
