@@ -40,6 +40,15 @@ def _range_text(f: Field) -> str:
     return ""
 
 
+# kinds checked by type alone: (accepts, description for the message)
+_SIMPLE = {
+    "str": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "mapping": (lambda v: isinstance(v, dict), "a mapping"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+}
+
+
 def check_value(value: Any, f: Field, where: str) -> Any:
     if value is None:
         if f.nullable:
@@ -58,25 +67,14 @@ def check_value(value: Any, f: Field, where: str) -> Any:
         if not ok:
             raise RecipeError(f"{where} must be {what}{_range_text(f)}; got {value!r}")
         return int(value) if f.kind == "int" else float(value)
-    if f.kind == "str":
-        if not isinstance(value, str) or not value:
-            raise RecipeError(f"{where} must be a non-empty string; got {value!r}")
-        return value
-    if f.kind == "bool":
-        if not isinstance(value, bool):
-            raise RecipeError(f"{where} must be true or false; got {value!r}")
+    if f.kind in _SIMPLE:
+        accepts, what = _SIMPLE[f.kind]
+        if not accepts(value):
+            raise RecipeError(f"{where} must be {what}; got {value!r}")
         return value
     if f.kind == "choice":
         if value not in f.choices:
             raise RecipeError(f"{where} must be one of {', '.join(f.choices)}; got {value!r}")
-        return value
-    if f.kind == "mapping":
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where} must be a mapping; got {value!r}")
-        return value
-    if f.kind == "list":
-        if not isinstance(value, list):
-            raise RecipeError(f"{where} must be a list; got {value!r}")
         return value
     raise ValueError(f.kind)
 

@@ -72,3 +72,17 @@ def test_shipped_recipes_are_valid(name):
 )
 def test_calibration_source_follows_what_is_given(calibration, source):
     assert parse_recipe({**BASE, "calibration": calibration}).calibration.source == source
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({**BASE, "model": ""}, r"'model' must be a non-empty string; got ''"),
+        ({**BASE, "export": {"optimize": "yes"}}, r"'export.optimize' must be true or false; got 'yes'"),
+        ({**BASE, "scorers": {"name": "magnitude"}}, r"'scorers' must be a list"),
+        ({**BASE, "calibration": [1]}, r"'calibration' must be a mapping"),
+    ],
+)
+def test_type_errors_name_the_field(data, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(data)
