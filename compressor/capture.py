@@ -55,8 +55,7 @@ def run_capture(
                 ffn[i] = acts[torch.arange(acts.shape[0]), state["summary"]]  # [batch, neurons]
 
             handles.append(adapter.module(i, "ffn_out").register_forward_pre_hook(hook))
-    # Causal models would otherwise build a key/value cache nobody reads.
-    extra = {"use_cache": False} if adapter.spec.causal else {}
+    extra = adapter.forward_kwargs()
     was_training = model.training
     model.eval()
     try:

@@ -134,7 +134,7 @@ def run_recipe(
 def _export(net, tokenizer, folder: Path, cfg: ExportConfig):
     from .export import export_model
 
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     return export_model(net, tokenizer, folder, optimize_graph=cfg.optimize, quantize=cfg.quantize,
                         atol=cfg.atol, opset=cfg.opset)
 
@@ -146,10 +146,7 @@ def run_export(model_name: str, output: Path, cfg: ExportConfig, overwrite: bool
     net = load_model(model_name, attn_implementation="eager")
     tokenizer = load_tokenizer(model_name)
     with atomic_output(output, overwrite) as tmp:
-        result = _export(net, tokenizer, tmp / "onnx", cfg)
-        for f in (tmp / "onnx").iterdir():
-            f.rename(tmp / f.name)
-        (tmp / "onnx").rmdir()
+        result = _export(net, tokenizer, tmp, cfg)
     return result
 
 

@@ -110,6 +110,11 @@ class Adapter:
     def set_module(self, layer: int, role: str, new: nn.Module) -> None:
         set_submodule(self.layers[layer], getattr(self.spec, role), new)
 
+    def forward_kwargs(self) -> dict:
+        """Extra forward arguments for a plain full-sequence pass: causal models would
+        otherwise build a key/value cache nobody reads."""
+        return {"use_cache": False} if self.spec.causal else {}
+
     # -- sizes -----------------------------------------------------------------------
     def num_heads(self, layer: int) -> int:
         return int(getattr(self.module(layer, "attn_core"), self.spec.num_heads))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..arch.base import adapter_for
 from ..errors import CompressorError
 from ..export.onnx import OPTIMIZED, QUANTIZED, RAW, require_ort
 
@@ -71,7 +72,7 @@ def random_batch(vocab_size: int, batch: int, seq: int, seed: int = 0) -> dict[s
 def torch_runner(model: nn.Module, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
     accepted = {"input_ids", "attention_mask"} | ({"token_type_ids"} if model.config.model_type == "bert" else set())
     inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k in accepted}
-    extra = {"use_cache": False} if model.config.model_type == "gpt2" else {}
+    extra = adapter_for(model).forward_kwargs()
 
     @torch.inference_mode()
     def run():

@@ -118,7 +118,7 @@ def compare(model: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -> tuple
     sess = _session(path)
     onnx_out = sess.run(None, feeds)[0]
     torch_in = {k: torch.from_numpy(v) for k, v in feeds.items()}
-    out = model(**torch_in, **({"use_cache": False} if adapter_for(model).spec.causal else {}))
+    out = model(**torch_in, **adapter_for(model).forward_kwargs())
     ref = (out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state).numpy()
     if onnx_out.shape != ref.shape:
         raise ParityError(f"ONNX output shape {onnx_out.shape} differs from PyTorch's {ref.shape}")
