@@ -43,6 +43,8 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
     compress --recipe recipes/obce-50.yaml
     compress prune --model MODEL --plan plan.json --output DIR
     compress export --model DIR --output DIR [--quantize int8]
+    compress finetune --model DIR --task sst2 --data-dir GLUE_DIR --output DIR
+    compress evaluate --model DIR_OR_ONNX --task sst2 --data-dir GLUE_DIR
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log = logging.getLogger("compressor")
@@ -73,6 +75,9 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
         f"{metrics['flops_kept_share']:.1%} kept, heads {sum(b['heads_per_layer'])} -> {sum(a['heads_per_layer'])}, "
         f"FFN neurons {sum(b['ffn_per_layer'])} -> {sum(a['ffn_per_layer'])}"
     )
+    for kind, res in metrics.get("evaluation", {}).items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items())
+        click.echo(f"{res['task']} {res['split']} ({kind}, {res['examples']} examples): {shown}")
     if "export" in metrics:
         ex = metrics["export"]
         parity = ", ".join(f"{k} {v:.2g}" for k, v in ex["parity"].items())
@@ -155,6 +160,79 @@ def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
     if json_path is not None:
         json_path.write_text(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
         click.echo(f"wrote {json_path}")
+
+
+_DATA_DIR_HELP = "Folder in the GLUE TSV layout (<dir>/SST-2/dev.tsv ...); the hub when not given."
+
+
+@main.command()
+@click.option("--model", "model", required=True,
+              help="A fine-tuned model folder, or an ONNX graph: a .onnx file or a folder written by 'compress export'.")
+@click.option("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.")
+@click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
+@click.option("--split", default="dev", show_default=True,
+              type=click.Choice(["dev", "train", "dev_matched", "dev_mismatched"]))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8))
+@click.option("--limit", default=None, type=click.IntRange(1), help="Score a seeded sample of this many examples.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the result as JSON here.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_path, quiet):
+    """Score a model (PyTorch or ONNX) on a GLUE task with the task's metrics."""
+    import json
+
+    from .data.glue import glue_task
+    from .evaluate.glue import eval_splits, runner_for, score_splits
+
+    glue_task(task)  # an unknown task fails before the model loads
+    splits = eval_splits(task, data_dir, split, limit)
+    runner = runner_for(model, attn_implementation=None)
+    res = score_splits(runner, splits, batch_size, max_length, progress=not quiet)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items())
+    click.echo(f"{res.task} {res.split} ({runner.backend}, {res.examples} examples): {shown}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(res.to_json(), indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+
+
+@main.command()
+@click.option("--model", "model", required=True, help="Model to fine-tune: a folder (pruned or not), 'default' or a hub id.")
+@click.option("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.")
+@click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the fine-tuned model.")
+@click.option("--max-steps", default=None, type=click.IntRange(1), help="Optimizer steps (default: --epochs).")
+@click.option("--epochs", default=None, type=click.FloatRange(0, min_open=True), help="Passes over the data (default 1).")
+@click.option("--lr", default=5e-5, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8))
+@click.option("--train-examples", default=None, type=click.IntRange(1), help="Train on a seeded subset.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--teacher", default=None, help="Fine-tuned model to distill from (logit KD).")
+@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Weight of the KD loss.")
+@click.option("--temperature", default=2.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def finetune(model, task, data_dir, output, max_steps, epochs, lr, batch_size, max_length, train_examples, seed,
+             teacher, alpha, temperature, overwrite, quiet):
+    """Fine-tune a (pruned) model on a GLUE task; adds a task head when it has none.
+
+    \b
+    Runs on a GPU when one is present; on several with:
+    accelerate launch -m compressor.cli finetune ...
+    """
+    from .pipeline import run_finetune
+    from .recipe import DistillConfig, FinetuneConfig
+
+    if max_steps is not None and epochs is not None:
+        raise CompressorError("give --max-steps or --epochs, not both")
+    cfg = FinetuneConfig(max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                         distill=DistillConfig(alpha, temperature) if teacher else None)
+    res = run_finetune(model, task, data_dir, output, cfg, max_length, train_examples, teacher, overwrite,
+                       progress=not quiet)
+    if res is not None:
+        click.echo(f"{res.steps} steps, {res.examples_seen} examples, final loss {res.final_loss:.4f}, "
+                   f"{res.seconds:.0f} s; wrote {output}/")
 
 
 if __name__ == "__main__":

@@ -109,26 +109,14 @@ def load_model(name: str = DEFAULT_MODEL, attn_implementation: str | None = "eag
 def _load_pruned(cls, config, folder: Path, layout: Layout, kwargs: dict) -> nn.Module:
     from safetensors.torch import load_file
 
-    from .surgery.prune import apply_plan
-
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"pruned model folder {folder} has no model.safetensors")
     model = cls._from_config(config, **kwargs)
-    full = adapter_for(model).layout()
-    if full.num_layers != layout.num_layers:
-        raise ModelLoadError(f"{folder}: config.json layout has {layout.num_layers} layers, the model {full.num_layers}")
-    too_big = [i for i in range(full.num_layers) if layout.heads_per_layer[i] > full.heads_per_layer[i]
-               or layout.ffn_per_layer[i] > full.ffn_per_layer[i]]
-    if too_big:
-        raise ModelLoadError(f"{folder}: config.json layout is larger than the architecture in layer {too_big[0]}")
-    # Which heads/neurons were removed does not matter here: the weights are replaced
-    # below, only the per-layer shapes must match.
-    shape_plan = PruningPlan.build(
-        heads={i: range(k, n) for i, (n, k) in enumerate(zip(full.heads_per_layer, layout.heads_per_layer, strict=True))},
-        neurons={i: range(k, n) for i, (n, k) in enumerate(zip(full.ffn_per_layer, layout.ffn_per_layer, strict=True))},
-    )
-    apply_plan(model, shape_plan, inplace=True)
+    try:
+        shape_to_layout(model, layout)
+    except ValueError as e:
+        raise ModelLoadError(f"{folder}: config.json {e}") from None
     state = load_file(str(weights))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -143,6 +131,28 @@ def _load_pruned(cls, config, folder: Path, layout: Layout, kwargs: dict) -> nn.
         )
     model.tie_weights()
     return model
+
+
+def shape_to_layout(model: nn.Module, layout: Layout) -> None:
+    """Shrink a freshly built full-size model to a pruned layout, in place.
+
+    Which heads or neurons go does not matter: the caller loads weights afterwards,
+    only the per-layer shapes must match.
+    """
+    full = adapter_for(model).layout()
+    if full.num_layers != layout.num_layers:
+        raise ValueError(f"layout has {layout.num_layers} layers, the model {full.num_layers}")
+    too_big = [i for i in range(full.num_layers) if layout.heads_per_layer[i] > full.heads_per_layer[i]
+               or layout.ffn_per_layer[i] > full.ffn_per_layer[i]]
+    if too_big:
+        raise ValueError(f"layout is larger than the architecture in layer {too_big[0]}")
+    from .surgery.prune import apply_plan
+
+    shape_plan = PruningPlan.build(
+        heads={i: range(k, n) for i, (n, k) in enumerate(zip(full.heads_per_layer, layout.heads_per_layer, strict=True))},
+        neurons={i: range(k, n) for i, (n, k) in enumerate(zip(full.ffn_per_layer, layout.ffn_per_layer, strict=True))},
+    )
+    apply_plan(model, shape_plan, inplace=True)
 
 
 def save_model(model: nn.Module, folder: str | Path, tokenizer=None) -> None:

@@ -1,7 +1,13 @@
-"""Runs a recipe's stages in order: load -> capture -> score -> plan -> surgery -> save."""
+"""Runs a recipe's stages in order:
+
+load -> [fine-tune base] -> [evaluate original] -> capture -> score -> plan -> surgery
+-> [recovery fine-tune, optionally distilled from the unpruned model] -> save -> [export]
+-> [evaluate the pruned model, and its ONNX graphs] -> report.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from contextlib import contextmanager
@@ -12,6 +18,9 @@ import torch
 from .arch.base import adapter_for
 from .capture import run_capture
 from .data.calibration import calibration_batches
+from .data.glue import glue_task, load_glue
+from .evaluate.glue import OnnxClassifier, TorchClassifier, eval_splits, score_splits
+from .finetune import finetune
 from .metrics import FLOPS_SEQ_LEN, encoder_flops_per_token
 from .models import load_model, load_tokenizer, model_summary, resolve_model, save_model
 from .outputs import atomic_output, check_output
@@ -20,6 +29,7 @@ from .recipe import ExportConfig, Recipe
 from .report.html import render_report
 from .scorers import SCORERS, ScoringContext
 from .surgery.prune import apply_plan
+from .task_head import check_head
 from .types import PruningPlan
 
 
@@ -67,9 +77,24 @@ def run_recipe(
     with timer("load"):
         net = load_model(model_name, attn_implementation="eager")
         tokenizer = load_tokenizer(model_name)
-        adapter = adapter_for(net)
-        layout = adapter.layout()
         before = _size_summary(net)
+    task_data = _task_data(recipe, net)  # bad task input fails here, before hours of work
+    evaluations: dict[str, dict] = {}
+    finetuning: dict[str, dict] = {}
+
+    if recipe.finetune_base is not None:
+        with timer("finetune_base"):
+            net, res = finetune(net, tokenizer, task_data["train"], recipe.finetune_base, recipe.task.max_length,
+                                progress=progress)
+            finetuning["base"] = res.to_json()
+    teacher = None
+    if recipe.finetune_recovery is not None and recipe.finetune_recovery.distill is not None:
+        teacher = copy.deepcopy(net).eval()
+    if recipe.evaluate is not None and recipe.evaluate.original:
+        with timer("evaluate"):
+            evaluations["original"] = _evaluate(TorchClassifier(net, tokenizer, "original"), recipe, task_data, progress)
+    adapter = adapter_for(net)
+    layout = adapter.layout()
 
     scorers = [SCORERS.get(s.name)(**s.params) for s in recipe.scorers]
     ctx = ScoringContext(net, adapter, layout, recipe.seed, tokenizer)
@@ -97,6 +122,12 @@ def run_recipe(
     with timer("surgery"):
         apply_plan(net, plan, inplace=True)
         after = _size_summary(net)
+    if recipe.finetune_recovery is not None:
+        with timer("finetune_recovery"):
+            net, res = finetune(net, tokenizer, task_data["train"], recipe.finetune_recovery, recipe.task.max_length,
+                                teacher=teacher, progress=progress)
+            finetuning["recovery"] = res.to_json()
+        del teacher
 
     metrics = {
         "recipe": recipe.name,
@@ -122,13 +153,52 @@ def run_recipe(
                             (tmp / "scores" / f"{fig}.png").write_bytes(png)
                         data = {**part.to_json(), "extras": extras}
                         (tmp / "scores" / f"{name}.{data['kind']}.json").write_text(json.dumps(data))
+        if finetuning:
+            metrics["finetune"] = finetuning
         if recipe.export is not None:
             with timer("export"):
                 metrics["export"] = _export(net, tokenizer, tmp / "onnx", recipe.export).to_json()
+        if recipe.evaluate is not None:
+            with timer("evaluate"):
+                evaluations["pruned"] = _evaluate(TorchClassifier(net, tokenizer, "pruned"), recipe, task_data, progress)
+                if recipe.evaluate.onnx and "export" in metrics:
+                    for kind, name in metrics["export"]["files"].items():
+                        runner = OnnxClassifier(tmp / "onnx" / name, tokenizer)
+                        runner.name = f"onnx {kind}"
+                        evaluations[f"onnx_{kind}"] = _evaluate(runner, recipe, task_data, progress)
+            metrics["evaluation"] = evaluations
         metrics["stage_seconds"] = timer.seconds
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "report.html").write_text(render_report(metrics, plan.to_json()))
     return metrics
+
+
+def _task_data(recipe: Recipe, net) -> dict:
+    """The recipe's GLUE splits, loaded (and checked) up front."""
+    out: dict = {}
+    if recipe.task is None:
+        return out
+    t = recipe.task
+    tuned = recipe.finetune_base is not None or recipe.finetune_recovery is not None
+    if tuned:
+        out["train"] = load_glue(t.name, t.data_dir, "train").subset(t.train_examples, recipe.seed)
+    ev = recipe.evaluate
+    if ev is not None:
+        task = glue_task(t.name)
+        out["eval"] = eval_splits(t.name, t.data_dir, ev.split, t.eval_examples, recipe.seed)
+        if ev.original and recipe.finetune_base is None:
+            check_head(net, task, "the original model (evaluate.original)")
+        if not tuned:
+            check_head(net, task)
+    rec = recipe.finetune_recovery
+    if rec is not None and rec.distill is not None and recipe.finetune_base is None:
+        check_head(net, glue_task(t.name), "the distillation teacher (the unpruned model; add finetune.base?)")
+    return out
+
+
+def _evaluate(runner, recipe: Recipe, data: dict, progress: bool) -> dict:
+    res = score_splits(runner, data["eval"], recipe.evaluate.batch_size, recipe.task.max_length, progress)
+    return {**res.to_json(), "main": res.main}
 
 
 def _export(net, tokenizer, folder: Path, cfg: ExportConfig):
@@ -165,3 +235,36 @@ def run_plan(model_name: str, plan_path: Path, output: Path, overwrite: bool = F
         save_model(net, tmp, tokenizer)
         plan.save(tmp / "plan.json")
     return {"before": before, "after": after}
+
+
+def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path, cfg, max_length: int = 128,
+                 train_examples: int | None = None, teacher: str | None = None, overwrite: bool = False,
+                 progress: bool = True):
+    """Fine-tune a model folder on a GLUE task and save it (with its head) to ``output``.
+
+    Under ``accelerate launch`` every process trains its shard; only the main one writes.
+    Returns None on the other processes.
+    """
+    source = resolve_model(model_name)
+    protect = _local_inputs(source, *([resolve_model(teacher)] if teacher else []))
+    check_output(output, overwrite, protect=protect)
+    train = load_glue(task, data_dir, "train").subset(train_examples, cfg.seed)
+    net = load_model(model_name, attn_implementation=None)
+    tokenizer = load_tokenizer(model_name)
+    teacher_net = load_model(teacher, attn_implementation=None) if teacher else None
+    net, res = finetune(net, tokenizer, train, cfg, max_length, teacher=teacher_net, progress=progress)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return None
+    with atomic_output(output, overwrite) as tmp:
+        save_model(net, tmp, tokenizer)
+        (tmp / "finetune.json").write_text(json.dumps({"task": glue_task(task).name, "config": _plain(cfg),
+                                                       "teacher": teacher, **res.to_json()}, indent=2) + "\n")
+    return res
+
+
+def _plain(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)

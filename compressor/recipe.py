@@ -33,8 +33,7 @@ TOP = {
     "targets": Field("mapping", None, nullable=True),
     "output": Field("str", None, nullable=True),
     "export": Field("mapping", None, nullable=True),
-    # Stages that later releases fill in; accepted only as null for now so a recipe
-    # written for them fails loudly instead of silently skipping a stage.
+    "task": Field("mapping", None, nullable=True, help="GLUE task for finetune/evaluate (and glue calibration)"),
     "finetune": Field("mapping", None, nullable=True),
     "evaluate": Field("mapping", None, nullable=True),
     "description": Field("str", None, nullable=True),
@@ -73,6 +72,42 @@ EXPORT = {
     "quantize": Field("choice", None, choices=("int8",), nullable=True),
     "atol": Field("float", 1e-4, lo=0.0, help="max |onnx - torch| allowed for fp32 graphs"),
     "opset": Field("int", None, lo=14, hi=23, nullable=True),
+}
+
+TASK = {
+    "name": Field("str", help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli"),
+    "data_dir": Field("str", None, nullable=True, help="folder in the GLUE TSV layout; the hub when unset"),
+    "max_length": Field("int", 128, lo=8, hi=4096),
+    "train_examples": Field("int", None, lo=1, nullable=True, help="fine-tune on a seeded subset of train"),
+    "eval_examples": Field("int", None, lo=1, nullable=True, help="evaluate on the first N of a seeded shuffle"),
+}
+
+FINETUNE_RUN = {
+    "max_steps": Field("int", None, lo=1, nullable=True),
+    "epochs": Field("float", None, lo=0.0, nullable=True, help="used when max_steps is unset (default 1)"),
+    "lr": Field("float", 5e-5, lo=0.0, hi=1.0),
+    "batch_size": Field("int", 32, lo=1),
+    "weight_decay": Field("float", 0.01, lo=0.0),
+    "warmup_ratio": Field("float", 0.06, lo=0.0, hi=1.0),
+    "seed": Field("int", None, lo=0, nullable=True, help="default: the recipe's seed"),
+    "distill": Field("mapping", None, nullable=True, help="recovery only: logit distillation from the unpruned model"),
+}
+
+DISTILL = {
+    "alpha": Field("float", 0.5, lo=0.0, hi=1.0, help="weight of the distillation loss; 1 - alpha for the labels"),
+    "temperature": Field("float", 2.0, lo=1e-3),
+}
+
+FINETUNE = {
+    "base": Field("mapping", None, nullable=True, help="fine-tune the unpruned model before scoring"),
+    "recovery": Field("mapping", None, nullable=True, help="fine-tune the pruned model"),
+}
+
+EVALUATE = {
+    "split": Field("choice", "dev", choices=("dev", "train", "dev_matched", "dev_mismatched")),
+    "batch_size": Field("int", 64, lo=1),
+    "original": Field("bool", True, help="also score the unpruned model, for the comparison"),
+    "onnx": Field("bool", True, help="also score the exported ONNX graphs (needs export)"),
 }
 
 SCORER_ENTRY = {"name": Field("str"), "params": Field("mapping", None, nullable=True)}
@@ -124,6 +159,41 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    data_dir: str | None = None
+    max_length: int = 128
+    train_examples: int | None = None
+    eval_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    max_steps: int | None = None
+    epochs: float | None = None
+    lr: float = 5e-5
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    seed: int = 0
+    distill: DistillConfig | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    split: str = "dev"
+    batch_size: int = 64
+    original: bool = True
+    onnx: bool = True
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     model: str = "default"
@@ -135,6 +205,36 @@ class Recipe:
     output: str | None = None
     description: str | None = None
     export: ExportConfig | None = None
+    task: TaskConfig | None = None
+    finetune_base: FinetuneConfig | None = None
+    finetune_recovery: FinetuneConfig | None = None
+    evaluate: EvaluateConfig | None = None
+
+
+def _check_task(data: Any) -> TaskConfig:
+    from .data.glue import GLUE_TASKS
+
+    d = check_mapping(data, TASK, "task")
+    key = d["name"].lower().replace("-", "")
+    if key not in GLUE_TASKS:
+        raise RecipeError(f"recipe field 'task.name' must be one of {', '.join(GLUE_TASKS)}; got {d['name']!r}")
+    return TaskConfig(**{**d, "name": key})
+
+
+def _check_finetune_run(data: Any, path: str, seed: int, distill_ok: bool) -> FinetuneConfig:
+    d = check_mapping(data, FINETUNE_RUN, path)
+    if d["max_steps"] is not None and d["epochs"] is not None:
+        raise RecipeError(f"recipe field '{path}' sets both max_steps and epochs; set one")
+    if d["epochs"] is not None and d["epochs"] <= 0:
+        raise RecipeError(f"recipe field '{path}.epochs' must be > 0; got {d['epochs']}")
+    if d["distill"] is not None:
+        if not distill_ok:
+            raise RecipeError(f"recipe field '{path}.distill' is only valid in finetune.recovery: "
+                              f"the teacher is the unpruned model")
+        d["distill"] = DistillConfig(**check_mapping(d["distill"], DISTILL, f"{path}.distill"))
+    if d["seed"] is None:
+        d["seed"] = seed
+    return FinetuneConfig(**d)
 
 
 def _check_calibration(data: Any) -> CalibrationConfig:
@@ -206,10 +306,23 @@ def _follow_head_ratio(s: ScorerConfig, heads: HeadTarget) -> ScorerConfig:
 
 def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
     top = check_mapping(data, TOP)
+    task = _check_task(top["task"]) if top["task"] is not None else None
     for stage in ("finetune", "evaluate"):
-        if top[stage] is not None:
-            raise RecipeError(f"recipe field '{stage}' is not supported by this version yet; remove it or set it to null")
-    calibration = _check_calibration(top["calibration"])
+        if top[stage] is not None and task is None:
+            raise RecipeError(f"recipe field '{stage}' needs a 'task' mapping (task: {{name: sst2, data_dir: ...}})")
+    ft = check_mapping(top["finetune"], FINETUNE, "finetune") if top["finetune"] is not None else {}
+    base = ft.get("base")
+    recovery = ft.get("recovery")
+    if base is not None:
+        base = _check_finetune_run(base, "finetune.base", top["seed"], distill_ok=False)
+    if recovery is not None:
+        recovery = _check_finetune_run(recovery, "finetune.recovery", top["seed"], distill_ok=True)
+    evaluate = EvaluateConfig(**check_mapping(top["evaluate"], EVALUATE, "evaluate")) if top["evaluate"] is not None else None
+    cal_data = top["calibration"]
+    if task is not None and isinstance(cal_data, dict) and cal_data.get("source") == "glue":
+        # glue calibration defaults to the recipe's task and data
+        cal_data = {"task": task.name, "data_dir": task.data_dir, **cal_data}
+    calibration = _check_calibration(cal_data)
     scorers = _check_scorers(top["scorers"])
     targets = check_mapping(
         top["targets"],
@@ -239,6 +352,10 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         output=top["output"],
         description=top["description"],
         export=ExportConfig(**check_mapping(top["export"], EXPORT, "export")) if top["export"] is not None else None,
+        task=task,
+        finetune_base=base,
+        finetune_recovery=recovery,
+        evaluate=evaluate,
     )
 
 
@@ -264,4 +381,4 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, name=p.stem)
 
 
-__all__ = ["Recipe", "ExportConfig", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "load_recipe", "parse_recipe", "with_calibration_text"]
+__all__ = ["Recipe", "ExportConfig", "TaskConfig", "FinetuneConfig", "DistillConfig", "EvaluateConfig", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "load_recipe", "parse_recipe", "with_calibration_text"]

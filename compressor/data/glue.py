@@ -1,4 +1,11 @@
-"""GLUE tasks: folder names and text columns of the original TSV layout."""
+"""GLUE tasks: the original TSV layout of each task, its labels and its metrics.
+
+A local folder holds one sub-folder per task as distributed by the GLUE site
+(``<dir>/SST-2/dev.tsv``, ``<dir>/MRPC/train.tsv``, ``<dir>/MNLI/dev_matched.tsv`` ...).
+Without a folder the task comes from the hub (``nyu-mll/glue``) through ``datasets``.
+Labels are mapped to the hub's integer order, so a model fine-tuned on either source
+reads the same label ids.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,13 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import CompressorError
+
+
+class DataError(CompressorError):
+    """GLUE data that is missing or does not match its task."""
 
 
 @dataclass(frozen=True)
@@ -15,61 +28,193 @@ class GlueTask:
     folder: str
     text_columns: tuple[str, ...]
     label_column: str
-    hub_name: str
     hub_text_columns: tuple[str, ...]
+    # Raw TSV label -> class id, in the hub's order; None for regression (STS-B).
+    labels: tuple[str, ...] | None
+    metrics: tuple[str, ...]
+    main_metric: str
+    # Files without a header row (CoLA train/dev) list their columns here.
+    columns: tuple[str, ...] | None = None
+    # MNLI is scored on two dev sets.
+    dev_splits: tuple[str, ...] = ("dev",)
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
 
 
 GLUE_TASKS = {
     t.name: t
     for t in (
-        GlueTask("cola", "CoLA", ("sentence",), "label", "cola", ("sentence",)),
-        GlueTask("sst2", "SST-2", ("sentence",), "label", "sst2", ("sentence",)),
-        GlueTask("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", "mrpc", ("sentence1", "sentence2")),
-        GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), "score", "stsb", ("sentence1", "sentence2")),
-        GlueTask("qqp", "QQP", ("question1", "question2"), "is_duplicate", "qqp", ("question1", "question2")),
-        GlueTask("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", "mnli", ("premise", "hypothesis")),
-        GlueTask("qnli", "QNLI", ("question", "sentence"), "label", "qnli", ("question", "sentence")),
-        GlueTask("rte", "RTE", ("sentence1", "sentence2"), "label", "rte", ("sentence1", "sentence2")),
-        GlueTask("wnli", "WNLI", ("sentence1", "sentence2"), "label", "wnli", ("sentence1", "sentence2")),
+        GlueTask("cola", "CoLA", ("sentence",), "label", ("sentence",), ("0", "1"),
+                 ("matthews_correlation",), "matthews_correlation",
+                 columns=("source", "label", "original_label", "sentence")),
+        GlueTask("sst2", "SST-2", ("sentence",), "label", ("sentence",), ("0", "1"), ("accuracy",), "accuracy"),
+        GlueTask("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("sentence1", "sentence2"), ("0", "1"),
+                 ("f1", "accuracy"), "f1"),
+        GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), "score", ("sentence1", "sentence2"), None,
+                 ("pearson", "spearman"), "pearson"),
+        GlueTask("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("question1", "question2"), ("0", "1"),
+                 ("accuracy", "f1"), "accuracy"),
+        GlueTask("mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("premise", "hypothesis"),
+                 ("entailment", "neutral", "contradiction"), ("accuracy",), "accuracy",
+                 dev_splits=("dev_matched", "dev_mismatched")),
+        GlueTask("qnli", "QNLI", ("question", "sentence"), "label", ("question", "sentence"),
+                 ("entailment", "not_entailment"), ("accuracy",), "accuracy"),
+        GlueTask("rte", "RTE", ("sentence1", "sentence2"), "label", ("sentence1", "sentence2"),
+                 ("entailment", "not_entailment"), ("accuracy",), "accuracy"),
+        GlueTask("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("sentence1", "sentence2"), ("0", "1"),
+                 ("accuracy",), "accuracy"),
     )
 }
 
+SPLITS = ("train", "dev", "dev_matched", "dev_mismatched", "validation", "test")
+
 
 def glue_task(name: str) -> GlueTask:
-    key = name.lower().replace("-", "")
+    key = name.lower().replace("-", "").replace("_", "")
     if key not in GLUE_TASKS:
-        raise CompressorError(f"unknown GLUE task '{name}'; valid: {', '.join(GLUE_TASKS)}")
+        raise DataError(f"unknown GLUE task '{name}'; valid: {', '.join(GLUE_TASKS)}")
     return GLUE_TASKS[key]
 
 
-def read_glue_tsv(path: Path) -> list[dict[str, str]]:
+@dataclass
+class GlueSplit:
+    """One split of a task: one or two texts per example and their labels."""
+
+    task: GlueTask
+    split: str
+    texts: list[tuple[str, ...]]
+    labels: np.ndarray | None  # [examples] int64 class ids, float32 scores, or None (test)
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: int | None, seed: int = 0) -> GlueSplit:
+        """The first n examples of a seeded shuffle; all of them when n is None or larger."""
+        if n is None or n >= len(self):
+            return self
+        pick = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        labels = None if self.labels is None else self.labels[pick]
+        return GlueSplit(self.task, self.split, [self.texts[i] for i in pick], labels, self.source)
+
+    def to_dataset(self):
+        """The split as a ``datasets.Dataset`` (columns text_a, [text_b], label)."""
+        import datasets
+
+        cols = {"text_a": [t[0] for t in self.texts]}
+        if len(self.task.text_columns) == 2:
+            cols["text_b"] = [t[1] for t in self.texts]
+        if self.labels is not None:
+            cols["label"] = self.labels.tolist()
+        return datasets.Dataset.from_dict(cols)
+
+
+def read_glue_tsv(path: Path, columns: tuple[str, ...] | None = None) -> list[dict[str, str]]:
     """Rows of a GLUE TSV. MRPC starts with a byte-order mark and has bare quote
     characters inside sentences, so quoting is off and the BOM is stripped."""
     with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return list(csv.DictReader(f, fieldnames=columns, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
-def glue_texts(task_name: str, data_dir: str | None, split: str) -> list[tuple[str, ...]]:
-    """Text fields (one or two per example) of a GLUE split, from a local folder or the hub."""
-    task = glue_task(task_name)
-    split_file = {"validation": "dev", "dev": "dev", "train": "train", "test": "test"}[split]
-    if data_dir is not None:
-        path = Path(data_dir).expanduser() / task.folder / f"{split_file}.tsv"
-        if not path.is_file():
-            raise CompressorError(f"GLUE data file not found: {path}")
-        rows = read_glue_tsv(path)
-        missing = [c for c in task.text_columns if rows and c not in rows[0]]
-        if missing:
-            raise CompressorError(f"{path} has no column '{missing[0]}' (expected {', '.join(task.text_columns)})")
-        return [tuple(r[c] for c in task.text_columns) for r in rows]
+def _split_file(task: GlueTask, split: str) -> str:
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
+    if split == "validation":
+        split = "dev"
+    if task.name == "mnli" and split == "dev":
+        split = "dev_matched"
+    if split.startswith("dev_") and task.name != "mnli":
+        raise DataError(f"split '{split}' exists only for mnli; {task.name} has train, dev and test")
+    return split
+
+
+def _labels_from_tsv(task: GlueTask, rows: list[dict], path: Path) -> np.ndarray:
+    raw = [r.get(task.label_column) for r in rows]
+    # Line numbers count the header, as an editor shows them.
+    first_line = 1 if task.columns else 2
+    if task.labels is None:
+        out = np.empty(len(raw), dtype=np.float32)
+        for i, v in enumerate(raw):
+            try:
+                out[i] = float(v)
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"{path} line {i + first_line}: label {v!r} in column '{task.label_column}' "
+                    f"is not a number, as task {task.name} needs"
+                ) from None
+        return out
+    index = {lab: k for k, lab in enumerate(task.labels)}
+    out = np.empty(len(raw), dtype=np.int64)
+    for i, v in enumerate(raw):
+        if v not in index:
+            raise DataError(
+                f"{path} line {i + first_line}: label {v!r} in column '{task.label_column}' "
+                f"is not one of task {task.name}'s labels ({', '.join(task.labels)})"
+            )
+        out[i] = index[v]
+    return out
+
+
+def _load_local(task: GlueTask, data_dir: str, split: str, labels: bool) -> GlueSplit:
+    name = _split_file(task, split)
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"GLUE data folder not found: {folder}")
+    path = folder / task.folder / f"{name}.tsv"
+    if not path.is_file():
+        raise DataError(f"GLUE data file not found: {path} (task {task.name} expects {task.folder}/{name}.tsv)")
+    # CoLA's test.tsv has a header (index, sentence); its train/dev files do not.
+    rows = read_glue_tsv(path, task.columns if name != "test" else None)
+    if not rows:
+        raise DataError(f"{path} has no examples")
+    missing = [c for c in task.text_columns if c not in rows[0]]
+    if missing:
+        raise DataError(f"{path} has no column '{missing[0]}' (task {task.name} needs {', '.join(task.text_columns)})")
+    texts = [tuple(r[c] or "" for c in task.text_columns) for r in rows]
+    y = None
+    if labels:
+        if task.label_column not in rows[0]:
+            raise DataError(f"{path} has no label column '{task.label_column}'; the {name} split cannot be scored")
+        y = _labels_from_tsv(task, rows, path)
+    return GlueSplit(task, name, texts, y, str(path))
+
+
+def _load_hub(task: GlueTask, split: str, labels: bool) -> GlueSplit:
+    name = _split_file(task, split)
+    hub_split = {"dev": "validation", "dev_matched": "validation_matched",
+                 "dev_mismatched": "validation_mismatched"}.get(name, name)
     try:
         import datasets
 
-        hub_split = "validation" if split_file == "dev" else split_file
-        ds = datasets.load_dataset("nyu-mll/glue", task.hub_name, split=hub_split)
+        ds = datasets.load_dataset("nyu-mll/glue", task.name, split=hub_split)
     except Exception as e:  # datasets raises many types when offline
-        raise CompressorError(
+        raise DataError(
             f"could not load GLUE task '{task.name}' from the hub ({type(e).__name__}); "
-            f"give calibration.data_dir, a folder in the GLUE TSV layout"
+            f"give a data folder in the GLUE TSV layout (<dir>/{task.folder}/{name}.tsv)"
         ) from None
-    return [tuple(ex[c] for c in task.hub_text_columns) for ex in ds]
+    texts = [tuple(ex[c] for c in task.hub_text_columns) for ex in ds]
+    y = None
+    if labels:
+        y = np.asarray(ds["label"], dtype=np.float32 if task.is_regression else np.int64)
+        if not task.is_regression and (y < 0).any():  # the hub's test splits carry -1
+            raise DataError(f"the hub's {task.name} {name} split has no labels; it cannot be scored")
+    return GlueSplit(task, name, texts, y, f"hub:nyu-mll/glue/{task.name}/{hub_split}")
+
+
+def load_glue(task_name: str, data_dir: str | None, split: str, labels: bool = True) -> GlueSplit:
+    """A GLUE split from a local folder in the TSV layout, or from the hub when no folder is given."""
+    task = glue_task(task_name)
+    if data_dir is not None:
+        return _load_local(task, data_dir, split, labels)
+    return _load_hub(task, split, labels)
+
+
+def glue_texts(task_name: str, data_dir: str | None, split: str) -> list[tuple[str, ...]]:
+    """Text fields (one or two per example) of a GLUE split, for calibration."""
+    return load_glue(task_name, data_dir, split, labels=False).texts

@@ -31,7 +31,17 @@ def test_valid_recipe_fills_defaults():
         ({**BASE, "calibration": {"source": "text_file"}}, r"'calibration.path' is required"),
         ({"scorers": ["persistence"], "targets": {"neurons": {"ratio": 0.5, "percentile": 50}}}, r"exactly one of ratio"),
         ({"scorers": ["persistence"], "targets": {"heads": {"ratio": 0.5}}}, r"scorers that score heads: none"),
-        ({**BASE, "evaluate": {"task": "sst2"}}, r"'evaluate' is not supported by this version yet"),
+        ({**BASE, "evaluate": {}}, r"recipe field 'evaluate' needs a 'task' mapping"),
+        ({**BASE, "task": {"name": "sst3"}}, r"'task.name' must be one of cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli; got 'sst3'"),
+        ({**BASE, "task": {"data_dir": "x"}}, r"recipe field 'task.name' is required"),
+        ({**BASE, "task": {"name": "sst2"}, "finetune": {"recovery": {"max_steps": 5, "epochs": 1}}},
+         r"'finetune.recovery' sets both max_steps and epochs"),
+        ({**BASE, "task": {"name": "sst2"}, "finetune": {"base": {"distill": {}}}},
+         r"'finetune.base.distill' is only valid in finetune.recovery"),
+        ({**BASE, "task": {"name": "sst2"}, "finetune": {"recovery": {"distill": {"alpha": 2}}}},
+         r"'finetune.recovery.distill.alpha' must be a number in \[0, 1\]; got 2"),
+        ({**BASE, "task": {"name": "sst2"}, "finetune": {"after": {}}}, r"unknown recipe field 'finetune.after'; allowed: base, recovery"),
+        ({**BASE, "task": {"name": "sst2"}, "evaluate": {"split": "test"}}, r"'evaluate.split' must be one of dev, train"),
         ({**BASE, "export": {"format": "onnx"}}, r"unknown recipe field 'export.format'; allowed: atol, opset, optimize, quantize"),
         ({**BASE, "export": {"quantize": "int4"}}, r"'export.quantize' must be one of int8; got 'int4'"),
         ({**BASE, "seed": -1}, r"'seed' must be an integer >= 0"),
@@ -41,6 +51,17 @@ def test_valid_recipe_fills_defaults():
 def test_bad_recipes_name_the_field(data, message):
     with pytest.raises(RecipeError, match=message):
         parse_recipe(data)
+
+
+def test_task_stages_parse():
+    r = parse_recipe({**BASE, "seed": 4, "task": {"name": "SST-2", "data_dir": "d"},
+                      "calibration": {"source": "glue"},
+                      "finetune": {"base": {"epochs": 1}, "recovery": {"max_steps": 9, "distill": {"temperature": 3}}},
+                      "evaluate": {"onnx": False}})
+    assert r.task.name == "sst2" and r.calibration.task == "sst2" and r.calibration.data_dir == "d"
+    assert r.finetune_base.epochs == 1 and r.finetune_base.distill is None and r.finetune_base.seed == 4
+    assert r.finetune_recovery.max_steps == 9 and r.finetune_recovery.distill.temperature == 3.0
+    assert r.finetune_recovery.distill.alpha == 0.5 and r.evaluate.split == "dev" and not r.evaluate.onnx
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path):

@@ -1,0 +1,135 @@
+"""Fine-tuning on a GLUE task, with optional logit distillation from a teacher.
+
+The loop runs through ``accelerate``: on CPU here, on a GPU when one is present, and
+on several GPUs under ``accelerate launch`` with no change (the data loader is sharded
+and gradients are all-reduced by ``Accelerator.prepare``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .arch.base import adapter_for
+from .data.glue import GlueSplit
+from .errors import CompressorError
+from .evaluate.glue import encode
+from .recipe import FinetuneConfig
+from .task_head import check_head, with_task_head
+
+
+@dataclass
+class FinetuneResult:
+    steps: int
+    examples_seen: int
+    seconds: float
+    final_loss: float  # mean over the last 10% of steps
+    distilled: bool
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def total_steps(cfg: FinetuneConfig, examples: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, math.ceil((cfg.epochs or 1.0) * examples / cfg.batch_size))
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float,
+                      temperature: float, regression: bool) -> torch.Tensor:
+    """(1 - alpha) * task loss + alpha * KD loss (Hinton et al. 2015).
+
+    student, teacher: [batch, labels] logits. Classification distills the softened
+    distributions with KL(teacher || student), scaled by T^2 so its gradients keep their
+    size as T changes; regression matches the teacher's scores by squared error.
+    """
+    if regression:
+        task = F.mse_loss(student.squeeze(-1), labels.float())
+        kd = F.mse_loss(student, teacher)
+    else:
+        task = F.cross_entropy(student, labels)
+        t = temperature
+        kd = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+                      reduction="batchmean") * t * t
+    return (1 - alpha) * task + alpha * kd
+
+
+def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, max_length: int = 128,
+             teacher: nn.Module | None = None, progress: bool = True) -> tuple[nn.Module, FinetuneResult]:
+    """Train the model (given a task head when it has none) on a labelled split.
+
+    Returns the trained model (a new object when a head was added) in eval mode.
+    """
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    task = data.task
+    if data.labels is None:
+        raise CompressorError(f"{data.source} has no labels; fine-tuning needs a labelled split")
+    if cfg.distill is not None:
+        if teacher is None:
+            raise CompressorError("distillation needs a teacher model")
+        check_head(teacher, task, "the distillation teacher")
+    model = with_task_head(model, task)
+    torch.manual_seed(cfg.seed)
+    acc = Accelerator()
+    steps = total_steps(cfg, len(data))
+
+    labels = torch.from_numpy(data.labels)
+    loader = torch.utils.data.DataLoader(
+        range(len(data)), batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        collate_fn=lambda idx: (encode(tokenizer, [data.texts[i] for i in idx], max_length), labels[idx]),
+    )
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
+    model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    if teacher is not None and cfg.distill is not None:
+        teacher = teacher.to(acc.device).eval()
+    fwd = adapter_for(acc.unwrap_model(model)).forward_kwargs()
+
+    model.train()
+    losses: list[float] = []
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(total=steps, desc=f"fine-tune {task.name}", disable=not (progress and acc.is_local_main_process))
+    while len(losses) < steps:
+        for enc, y in loader:
+            out = model(**enc, **fwd)
+            logits = out.logits  # [batch, labels]
+            if cfg.distill is not None:
+                with torch.no_grad():
+                    t_logits = teacher(**enc, **fwd).logits
+                loss = distillation_loss(logits, t_logits, y, cfg.distill.alpha, cfg.distill.temperature,
+                                         task.is_regression)
+            elif task.is_regression:
+                loss = F.mse_loss(logits.squeeze(-1), y.float())
+            else:
+                loss = F.cross_entropy(logits, y)
+            acc.backward(loss)
+            acc.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            seen += len(y) * acc.num_processes
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if len(losses) >= steps:
+                break
+    bar.close()
+    acc.wait_for_everyone()
+    model = acc.unwrap_model(model).eval()
+    tail = losses[-max(1, steps // 10):]
+    return model, FinetuneResult(steps, seen, time.perf_counter() - start, float(sum(tail) / len(tail)),
+                                 cfg.distill is not None)
