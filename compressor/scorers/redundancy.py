@@ -122,10 +122,15 @@ class RedundancyScorer(Scorer):
         return out
 
     def finish(self) -> Scores:
+        return Scores(heads=self.head_scores(self.p["ratio"]))
+
+    def head_scores(self, ratio: float) -> HeadScores:
+        """Scores for pruning ``ratio`` of the heads: the matrices are kept, so one capture
+        serves several ratios (clusters depend on it)."""
         mats = self.matrices()
         d = np.mean(list(mats.values()), axis=0) if self.p["cluster_on"] == "mean" else mats[self.p["cluster_on"]]
         n = d.shape[0]
-        k = min(n, max(1, math.ceil(n * (1 - self.p["ratio"]))))
+        k = min(n, max(1, math.ceil(n * (1 - ratio))))
         labels, silhouette, reps = cluster_heads(d, k, self.ctx.seed)
         flat = silhouette.copy()
         flat[reps] += 2.0
@@ -140,7 +145,7 @@ class RedundancyScorer(Scorer):
             "representatives": [names[i] for i in reps],
             "sequences": dict(self._counts),
         }
-        return Scores(heads=HeadScores(self.name, tuple(values), extras))
+        return HeadScores(self.name, tuple(values), extras)
 
 
 def cluster_heads(d: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
