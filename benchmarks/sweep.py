@@ -70,8 +70,8 @@ class TaskSetup:
 
 
 FULL = {
-    "sst2": TaskSetup("sst2", 8000, 250, 60, 64, (0.3, 0.45, 0.6)),
-    "mrpc": TaskSetup("mrpc", 3000, 190, 40, 128, (0.3, 0.5)),
+    "sst2": TaskSetup("sst2", 8000, 250, 40, 64, (0.3, 0.45, 0.6)),
+    "mrpc": TaskSetup("mrpc", 3000, 190, 30, 128, (0.5,)),
 }
 QUICK = {
     "sst2": TaskSetup("sst2", 2000, 60, 15, 64, (0.5,), eval_examples=400),

@@ -45,6 +45,7 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
     compress export --model DIR --output DIR [--quantize int8]
     compress finetune --model DIR --task sst2 --data-dir GLUE_DIR --output DIR
     compress evaluate --model DIR_OR_ONNX --task sst2 --data-dir GLUE_DIR
+    compress analyze --model default [--model OTHER] --output DIR
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log = logging.getLogger("compressor")
@@ -160,6 +161,46 @@ def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
     if json_path is not None:
         json_path.write_text(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
         click.echo(f"wrote {json_path}")
+
+
+@main.command()
+@click.option("--model", "models", required=True, multiple=True,
+              help="Model to analyze; give it twice to compare two models (e.g. BERT and GPT-2).")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the results.")
+@click.option("--calibration-text", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Text file, one text per line (default: random token sequences).")
+@click.option("--task", default=None, help="Or a GLUE task's texts (with --data-dir).")
+@click.option("--data-dir", default=None, help="Folder in the GLUE TSV layout, for --task.")
+@click.option("--num-sequences", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(2, 4096))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--max-dimension", default=1, show_default=True, type=click.IntRange(0, 2),
+              help="Homology up to this dimension (2 is much slower).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def analyze(models, output, calibration_text, task, data_dir, num_sequences, max_length, batch_size, max_dimension,
+            seed, overwrite, quiet):
+    """Topology of attention heads: the sqrt-JS head metric D, persistence barcodes, and
+    the bottleneck/Wasserstein distance between two models' diagrams."""
+    from .analyze import analyze as run_analyze
+    from .recipe import CalibrationConfig
+
+    if len(models) > 2:
+        raise CompressorError(f"give --model once or twice; got {len(models)}")
+    if calibration_text is not None and task is not None:
+        raise CompressorError("give --calibration-text or --task, not both")
+    source = "text_file" if calibration_text else "glue" if task else "random_tokens"
+    cfg = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
+                            min_length=min(16, max_length), max_length=max_length,
+                            path=str(calibration_text) if calibration_text else None, task=task, data_dir=data_dir)
+    res = run_analyze(list(models), output, cfg, seed, max_dimension, overwrite, progress=not quiet)
+    for label, m in res["models"].items():
+        click.echo(f"{label} {m['model']}: bars {m['bars']} over {m['tokens']:,} tokens "
+                   f"(persistence {m['persistence_seconds']:.2f} s)")
+    for dim, v in res.get("comparison", {}).items():
+        click.echo(f"{dim}: bottleneck {v['bottleneck']:.4f}, Wasserstein-1 {v['wasserstein']:.4f}")
+    click.echo(f"wrote {output}/ (report.html, analysis.json, model*/ with distances, diagrams, PNGs)")
 
 
 _DATA_DIR_HELP = "Folder in the GLUE TSV layout (<dir>/SST-2/dev.tsv ...); the hub when not given."

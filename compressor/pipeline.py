@@ -93,6 +93,7 @@ def run_recipe(
     if recipe.evaluate is not None and recipe.evaluate.original:
         with timer("evaluate"):
             evaluations["original"] = _evaluate(TorchClassifier(net, tokenizer, "original"), recipe, task_data, progress)
+    original = copy.deepcopy(net) if recipe.evaluate is not None and recipe.evaluate.latency else None
     adapter = adapter_for(net)
     layout = adapter.layout()
 
@@ -167,9 +168,13 @@ def run_recipe(
                         runner.name = f"onnx {kind}"
                         evaluations[f"onnx_{kind}"] = _evaluate(runner, recipe, task_data, progress)
             metrics["evaluation"] = evaluations
+            if original is not None:
+                with timer("latency"):
+                    metrics["latency"] = _latency(original, net)
+                del original
         metrics["stage_seconds"] = timer.seconds
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (tmp / "report.html").write_text(render_report(metrics, plan.to_json()))
+        (tmp / "report.html").write_text(render_report(metrics, plan.to_json(), results))
     return metrics
 
 
@@ -199,6 +204,18 @@ def _task_data(recipe: Recipe, net) -> dict:
 def _evaluate(runner, recipe: Recipe, data: dict, progress: bool) -> dict:
     res = score_splits(runner, data["eval"], recipe.evaluate.batch_size, recipe.task.max_length, progress)
     return {**res.to_json(), "main": res.main}
+
+
+def _latency(original, pruned, batch: int = 8, seq: int = 128, runs: int = 10) -> dict:
+    """PyTorch latency of the original and the pruned model, timed interleaved."""
+    from .evaluate.latency import measure, random_batch, torch_runner
+
+    feeds = random_batch(original.config.vocab_size, batch, min(seq, original.config.max_position_embeddings))
+    timed = measure({"original": torch_runner(original, feeds), "pruned": torch_runner(pruned, feeds)},
+                    warmup=2, runs=runs)
+    out: dict = {"batch": batch, "seq": feeds["input_ids"].shape[1], "runs": runs}
+    out.update({k: {"median_ms": m, "p90_ms": p} for k, (m, p) in timed.items()})
+    return out
 
 
 def _export(net, tokenizer, folder: Path, cfg: ExportConfig):

@@ -108,6 +108,7 @@ EVALUATE = {
     "batch_size": Field("int", 64, lo=1),
     "original": Field("bool", True, help="also score the unpruned model, for the comparison"),
     "onnx": Field("bool", True, help="also score the exported ONNX graphs (needs export)"),
+    "latency": Field("bool", True, help="time the pruned model against the original (PyTorch, batch 8 x 128)"),
 }
 
 SCORER_ENTRY = {"name": Field("str"), "params": Field("mapping", None, nullable=True)}
@@ -191,6 +192,7 @@ class EvaluateConfig:
     batch_size: int = 64
     original: bool = True
     onnx: bool = True
+    latency: bool = True
 
 
 @dataclass(frozen=True)
