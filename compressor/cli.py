@@ -252,10 +252,12 @@ def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_p
 @click.option("--teacher", default=None, help="Fine-tuned model to distill from (logit KD).")
 @click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Weight of the KD loss.")
 @click.option("--temperature", default=2.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--diversity", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Reward heads of one layer for attending differently (weight of the sqrt-JS term).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def finetune(model, task, data_dir, output, max_steps, epochs, lr, batch_size, max_length, train_examples, seed,
-             teacher, alpha, temperature, overwrite, quiet):
+             teacher, alpha, temperature, diversity, overwrite, quiet):
     """Fine-tune a (pruned) model on a GLUE task; adds a task head when it has none.
 
     \b
@@ -268,7 +270,7 @@ def finetune(model, task, data_dir, output, max_steps, epochs, lr, batch_size, m
     if max_steps is not None and epochs is not None:
         raise CompressorError("give --max-steps or --epochs, not both")
     cfg = FinetuneConfig(max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                         distill=DistillConfig(alpha, temperature) if teacher else None)
+                         distill=DistillConfig(alpha, temperature) if teacher else None, diversity=diversity)
     res = run_finetune(model, task, data_dir, output, cfg, max_length, train_examples, teacher, overwrite,
                        progress=not quiet)
     if res is not None:

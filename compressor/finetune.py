@@ -22,6 +22,7 @@ from .errors import CompressorError
 from .evaluate.glue import encode
 from .recipe import FinetuneConfig
 from .task_head import check_head, with_task_head
+from .topology.heads import within_layer_diversity
 
 
 @dataclass
@@ -29,8 +30,9 @@ class FinetuneResult:
     steps: int
     examples_seen: int
     seconds: float
-    final_loss: float  # mean over the last 10% of steps
+    final_loss: float  # mean over the last 10% of steps (task + distillation terms)
     distilled: bool
+    diversity: float | None = None  # mean within-layer head distance over the last 10% of steps
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -98,14 +100,17 @@ def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, 
         teacher = teacher.to(acc.device).eval()
     fwd = adapter_for(acc.unwrap_model(model)).forward_kwargs()
 
+    if cfg.diversity > 0 and getattr(acc.unwrap_model(model).config, "_attn_implementation", "eager") != "eager":
+        raise CompressorError("the diversity term needs attention maps: load the model with attn_implementation='eager'")
     model.train()
     losses: list[float] = []
+    spread: list[float] = []
     seen = 0
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"fine-tune {task.name}", disable=not (progress and acc.is_local_main_process))
     while len(losses) < steps:
         for enc, y in loader:
-            out = model(**enc, **fwd)
+            out = model(**enc, **fwd, output_attentions=cfg.diversity > 0)
             logits = out.logits  # [batch, labels]
             if cfg.distill is not None:
                 with torch.no_grad():
@@ -116,12 +121,16 @@ def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, 
                 loss = F.mse_loss(logits.squeeze(-1), y.float())
             else:
                 loss = F.cross_entropy(logits, y)
+            losses.append(loss.item())
+            if cfg.diversity > 0:
+                div = within_layer_diversity(out.attentions, enc["attention_mask"])
+                spread.append(div.item())
+                loss = loss - cfg.diversity * div
             acc.backward(loss)
             acc.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
             seen += len(y) * acc.num_processes
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -131,5 +140,6 @@ def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, 
     acc.wait_for_everyone()
     model = acc.unwrap_model(model).eval()
     tail = losses[-max(1, steps // 10):]
+    div_tail = spread[-max(1, steps // 10):] if spread else None
     return model, FinetuneResult(steps, seen, time.perf_counter() - start, float(sum(tail) / len(tail)),
-                                 cfg.distill is not None)
+                                 cfg.distill is not None, None if div_tail is None else float(sum(div_tail) / len(div_tail)))

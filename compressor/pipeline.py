@@ -8,6 +8,7 @@ load -> [fine-tune base] -> [evaluate original] -> capture -> score -> plan -> s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from contextlib import contextmanager
@@ -266,7 +267,8 @@ def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path,
     protect = _local_inputs(source, *([resolve_model(teacher)] if teacher else []))
     check_output(output, overwrite, protect=protect)
     train = load_glue(task, data_dir, "train").subset(train_examples, cfg.seed)
-    net = load_model(model_name, attn_implementation=None)
+    # the diversity term reads attention maps, which only the eager implementation returns
+    net = load_model(model_name, attn_implementation="eager" if cfg.diversity > 0 else None)
     tokenizer = load_tokenizer(model_name)
     teacher_net = load_model(teacher, attn_implementation=None) if teacher else None
     net, res = finetune(net, tokenizer, train, cfg, max_length, teacher=teacher_net, progress=progress)
@@ -276,12 +278,7 @@ def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path,
         return None
     with atomic_output(output, overwrite) as tmp:
         save_model(net, tmp, tokenizer)
-        (tmp / "finetune.json").write_text(json.dumps({"task": glue_task(task).name, "config": _plain(cfg),
+        (tmp / "finetune.json").write_text(json.dumps({"task": glue_task(task).name, "config": dataclasses.asdict(cfg),
                                                        "teacher": teacher, **res.to_json()}, indent=2) + "\n")
     return res
 
-
-def _plain(cfg) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)

@@ -91,6 +91,7 @@ FINETUNE_RUN = {
     "warmup_ratio": Field("float", 0.06, lo=0.0, hi=1.0),
     "seed": Field("int", None, lo=0, nullable=True, help="default: the recipe's seed"),
     "distill": Field("mapping", None, nullable=True, help="recovery only: logit distillation from the unpruned model"),
+    "diversity": Field("float", 0.0, lo=0.0, help="weight of the within-layer head-diversity reward (sqrt-JS metric)"),
 }
 
 DISTILL = {
@@ -184,6 +185,8 @@ class FinetuneConfig:
     warmup_ratio: float = 0.06
     seed: int = 0
     distill: DistillConfig | None = None
+    # loss -= diversity * mean sqrt-JS distance between heads of the same layer
+    diversity: float = 0.0
 
 
 @dataclass(frozen=True)

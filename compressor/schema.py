@@ -55,6 +55,12 @@ def check_value(value: Any, f: Field, where: str) -> Any:
             return None
         if not f.required and f.default is None:
             return None
+    if f.kind == "float" and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads 1e-4 as a string; a number is what the user meant
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     if f.kind in ("int", "float"):
         is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
         if f.kind == "int":

@@ -38,6 +38,31 @@ def head_metric_sums(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return js_distance_sums(a, mask.float()).sum(0)
 
 
+def within_layer_diversity(attentions: tuple[torch.Tensor, ...], mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Differentiable mean of D per token over pairs of heads of the same layer.
+
+    attentions: per layer [batch, heads, q, k]; mask: [batch, q]. The training
+    regularizer subtracts weight * this from the loss, rewarding heads of one layer for
+    attending differently (the founding note's proposal). eps keeps the square root's
+    gradient finite where two heads agree.
+    """
+    w = mask.float()  # [batch, q]
+    total, pairs = 0.0, 0
+    for a in attentions:
+        h = a.shape[1]
+        if h < 2:
+            continue
+        p = a.float().clamp_min(1e-12)  # [batch, h, q, k]
+        ent = -(p * p.log2()).sum(-1)  # [batch, h, q]
+        i, j = torch.triu_indices(h, h, 1)
+        m = (p[:, i] + p[:, j]) / 2  # [batch, pairs, q, k]
+        js = -(m * m.log2()).sum(-1) - (ent[:, i] + ent[:, j]) / 2  # [batch, pairs, q]
+        d = (js.clamp_min(0) + eps).sqrt()
+        total = total + (d * w[:, None]).sum() / w.sum().clamp_min(1)
+        pairs += len(i)
+    return total / max(pairs, 1) if pairs else mask.new_zeros((), dtype=torch.float32)
+
+
 @dataclass
 class Diagrams:
     """Persistence pairs per homology dimension: {dim: [n, 2] (birth, death)}, death may be inf."""

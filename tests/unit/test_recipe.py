@@ -76,7 +76,7 @@ def test_missing_recipe_file(tmp_path):
         load_recipe(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("name", ["obce-30", "obce-50", "obce-70", "magnitude-heads-50", "random-heads-50", "redundancy-zero-shot-50", "head-types", "roles"])
+@pytest.mark.parametrize("name", ["obce-30", "obce-50", "obce-70", "magnitude-heads-50", "random-heads-50", "redundancy-zero-shot-50", "head-types", "roles", "sst2-finetune-prune"])
 def test_shipped_recipes_are_valid(name):
     from pathlib import Path
 
@@ -84,6 +84,9 @@ def test_shipped_recipes_are_valid(name):
     assert r.name == name
     if name.startswith("obce"):
         assert r.neurons.percentile == float(name.split("-")[1]) and r.neurons.scorer == "persistence"
+    if name == "sst2-finetune-prune":  # YAML 1.1 reads 1e-4 as a string; it must still be a number
+        assert r.finetune_base.lr == 1e-4 and r.finetune_recovery.lr == 5e-5
+        assert r.calibration.task == "sst2" and r.calibration.data_dir == "../shared/data/glue"
 
 
 @pytest.mark.parametrize(

@@ -172,3 +172,35 @@ def test_report_renders_in_headless_chromium(tmp_path, tiny_bert_dir):
     assert n >= 8  # kept grid, 4 score distributions + heatmap + t-SNE, barcode
     for text in ("Head types:", "Sieve roles", "Representatives kept", "alt=\"barcode\""):
         assert text in dom or text in page.read_text(), text
+
+
+def test_diversity_term_is_the_within_layer_metric_and_trains(tmp_path):
+    from compressor.data.glue import load_glue
+    from compressor.finetune import finetune
+    from compressor.recipe import FinetuneConfig
+    from compressor.topology.heads import within_layer_diversity
+    from tests.conftest import tiny_model, tiny_tokenizer
+    from tests.unit.test_glue import write_glue
+
+    a, mask = _attention(b=3, n=4, q=6, seed=3)
+    a.requires_grad_(True)
+    div = within_layer_diversity((a,), mask)
+    d = head_metric_sums(a.detach(), mask).double()
+    expected = d[np.triu_indices(4, 1)].mean() / mask.sum()
+    assert div.item() == pytest.approx(expected.item(), abs=1e-3)
+    div.backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+
+    glue = write_glue(tmp_path / "glue")
+    tok = tiny_tokenizer(tmp_path)
+    train = load_glue("sst2", str(glue), "train")
+    spread = {}
+    for w in (0.0, 5.0):
+        cfg = FinetuneConfig(max_steps=30, lr=3e-3, batch_size=16, diversity=w)
+        model, res = finetune(tiny_model("bert"), tok, train, cfg, max_length=16, progress=False)
+        enc = tok([" ".join(t) for t in train.texts[:32]], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            att = model(**enc, output_attentions=True).attentions
+        spread[w] = within_layer_diversity(att, enc["attention_mask"]).item()
+        assert (res.diversity is None) == (w == 0)
+    assert spread[5.0] > spread[0.0] + 0.05, spread
