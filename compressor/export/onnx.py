@@ -16,8 +16,10 @@ export.json lists what it fused per layer; a layer with no heads has no attentio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -164,8 +166,11 @@ def quantize_int8(src: Path, out: Path) -> list[str]:
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        pre = out.with_name("preprocessed.onnx")
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        pre = out.with_name("preprocessed.onnx").resolve()
+        # On failure, ORT's symbolic shape inference dumps sym_shape_infer_temp.onnx and a
+        # <uuid>.data file into the working directory; give it a scratch one.
+        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            quant_pre_process(str(Path(src).resolve()), str(pre), skip_symbolic_shape=False)
         source = pre
     except Exception as e:  # any failure here only costs the pre-processing
         notes.append(f"quant_pre_process skipped: {type(e).__name__}: {str(e).splitlines()[0][:120]}")

@@ -123,3 +123,30 @@ def test_head_scorers_on_real_text(minilm, tokenizer):
     # syntactic sieves saw data: their biases are finite numbers, not all zero
     syn = [ex["sieves"].index(n) for n in ("nsubj", "amod")]
     assert np.abs(np.array(ex["mean_bias"])[:, syn]).sum() > 0
+
+
+def test_sst2_finetune_prune_recover_and_onnx_metric(tmp_path):
+    """A short real run of the recipe stages on SST-2: fine-tune, prune heads and neurons,
+    recover with distillation, export; PyTorch and ONNX must score the same on all of dev."""
+    from compressor.pipeline import run_recipe
+    from compressor.recipe import parse_recipe
+
+    recipe = parse_recipe({
+        "task": {"name": "sst2", "data_dir": str(SHARED / "glue"), "max_length": 48, "train_examples": 1600},
+        "finetune": {"base": {"max_steps": 50, "lr": 1e-4}, "recovery": {"max_steps": 10, "lr": 5e-5, "distill": {}}},
+        "calibration": {"source": "glue", "num_sequences": 64, "max_length": 48},
+        "scorers": ["magnitude", "persistence"],
+        "targets": {"heads": {"ratio": 0.25}, "neurons": {"ratio": 0.25, "scorer": "persistence"}},
+        "export": {"optimize": True},
+        "evaluate": {"latency": False},
+    })
+    m = run_recipe(recipe, output=tmp_path / "run", progress=False)
+    ev = m["evaluation"]
+    assert ev["original"]["examples"] == 872
+    assert ev["original"]["main"] > 0.70  # 50 steps on 1,600 sentences already learn SST-2
+    torch_acc = ev["pruned"]["main"]
+    for kind in ("onnx_raw", "onnx_optimized"):
+        assert abs(ev[kind]["main"] - torch_acc) <= 1 / 872, kind  # at most one borderline example flips
+    assert m["heads_removed"] == 18 and m["finetune"]["recovery"]["distilled"]
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert 'id="evaluation"' in html and "original" in html and "onnx_optimized" in html
