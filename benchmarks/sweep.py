@@ -241,25 +241,25 @@ def pareto_png(rows: list[dict], path: Path) -> None:
     for ax, task in zip(axes[0], tasks, strict=True):
         rs = [r for r in rows if r["task"] == task]
         base = next(r for r in rs if r["kind"] == "none")
-        ax.scatter([base["latency_ms"]], [base["after"]], marker="*", s=250, color="black", label="unpruned", zorder=5)
+        ax.scatter([1.0], [base["after"]], marker="*", s=250, color="black", label="unpruned", zorder=5)
         for key in names:
-            pts = sorted((r for r in rs if (r["kind"], r["scorer"]) == key), key=lambda r: r["latency_ms"])
+            pts = sorted((r for r in rs if (r["kind"], r["scorer"]) == key), key=lambda r: r["latency_ratio"])
             if not pts:
                 continue
-            xs = [p["latency_ms"] for p in pts]
+            xs = [p["latency_ratio"] for p in pts]
             ax.plot(xs, [p["after"] for p in pts], marker=marker[key[0]], color=colors[key], label=f"{key[0]}: {key[1]}")
             ax.scatter(xs, [p["before"] for p in pts], marker=marker[key[0]], facecolors="none", edgecolors=colors[key],
                        alpha=0.6)
-        pts = sorted(rs, key=lambda r: r["latency_ms"])
+        pts = sorted(rs, key=lambda r: r["latency_ratio"])
         front, best = [], -np.inf
         for p in pts:
             if p["after"] > best:
                 front.append(p)
                 best = p["after"]
-        ax.step([p["latency_ms"] for p in front], [p["after"] for p in front], where="post", color="grey",
+        ax.step([p["latency_ratio"] for p in front], [p["after"] for p in front], where="post", color="grey",
                 linestyle=":", label="Pareto front")
-        ax.set_xlabel("ONNX Runtime fp32 latency, batch 8 x 128 (ms)")
-        ax.set_ylabel(f"dev {base['metric']} (%): filled after recovery, hollow before")
+        ax.set_xlabel(f"ONNX Runtime fp32 latency / unpruned (batch 8 x 128; unpruned {base['latency_ms']:.0f} ms)")
+        ax.set_ylabel(f"dev {base.get('metric', 'accuracy')} (%): filled after recovery, hollow before")
         ax.set_title(f"{task}: MiniLM-L6, pruned then recovered (KD)")
         lo = min(p["after"] for p in rs)
         ax.set_ylim(max(lo - 3, 0), base["after"] + 2)
@@ -276,7 +276,15 @@ def main() -> None:
     ap.add_argument("--tasks", default="sst2,mrpc")
     ap.add_argument("--runs", type=int, default=15, help="timed ORT calls per configuration")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="redraw the PNG and verdicts from the last JSON")
     args = ap.parse_args()
+    if args.replot:
+        name = "sweep-quick" if args.quick else "sweep"
+        rows = json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+        pareto_png(rows, RESULTS / f"{name}.png")
+        for v in verdicts(rows):
+            print("-", v)
+        return
     torch.manual_seed(0)
     setups = QUICK if args.quick else FULL
     tok = load_tokenizer("default")
@@ -286,7 +294,7 @@ def main() -> None:
         rows += run_task(setups[t], tok, args.runs, args.progress)
     minutes = (time.perf_counter() - start) / 60
     name = "sweep-quick" if args.quick else "sweep"
-    table = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "metric"} for r in rows]
+    table = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     notes = verdicts(rows)
     report(name, table, {"setups": {t: setups[t].__dict__ for t in args.tasks.split(",")}, "minutes": minutes,
                          "verdicts": notes, "lr_recovery": LR_RECOVERY, "distill": DISTILL.__dict__})
