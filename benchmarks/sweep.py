@@ -272,7 +272,7 @@ def pareto_png(rows: list[dict], path: Path) -> None:
         ax.step([p["latency_ratio"] for p in front], [p["after"] for p in front], where="post", color="grey",
                 linestyle=":", label="Pareto front")
         ax.set_xlabel(f"ONNX Runtime fp32 latency / unpruned (batch 8 x 128; unpruned {base['latency_ms']:.0f} ms)")
-        ax.set_ylabel(f"dev {base.get('metric', 'accuracy')} (%): filled after recovery, hollow before")
+        ax.set_ylabel(f"dev {base.get('metric') or glue_task(task).main_metric} (x100): filled after recovery, hollow before")
         ax.set_title(f"{task}: MiniLM-L6, pruned then recovered (KD)")
         lo = min(p["after"] for p in rs)
         ax.set_ylim(max(lo - 3, 0), base["after"] + 2)
