@@ -21,6 +21,7 @@ Run: python benchmarks/sweep.py [--quick] [--tasks sst2,mrpc]
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import sys
@@ -183,7 +184,9 @@ def run_task(setup: TaskSetup, tok, runs: int, progress: bool, kinds: tuple[str,
                               warmup_ratio=0.1, distill=DISTILL)
     if same_budget_baseline:
         # the unpruned model trained as long again, the same way: what recovery alone is worth
-        more, _ = finetune(base, tok, train, recovery, setup.max_length, teacher=base, progress=progress)
+        # finetune trains in place: train a copy, so the base stays the teacher and the pruning source
+        more, _ = finetune(copy.deepcopy(base), tok, train, recovery, setup.max_length, teacher=base,
+                           progress=progress)
         acc_more = score(more)
         rows.append({**rows[0], "scorer": "unpruned+recovery", "before": base_acc, "after": acc_more})
         print(f"{setup.task}: unpruned after the same recovery budget: {acc_more:.2f}")

@@ -67,7 +67,9 @@ def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, 
              teacher: nn.Module | None = None, progress: bool = True) -> tuple[nn.Module, FinetuneResult]:
     """Train the model (given a task head when it has none) on a labelled split.
 
-    Returns the trained model (a new object when a head was added) in eval mode.
+    Like transformers' Trainer, this updates the model's weights in place; pass a copy to
+    keep the original (a teacher must not be the model being trained). Returns the trained
+    model (a new object when a head was added) in eval mode.
     """
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -79,6 +81,8 @@ def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, 
         if teacher is None:
             raise CompressorError("distillation needs a teacher model")
         check_head(teacher, task, "the distillation teacher")
+        if teacher is model:
+            raise CompressorError("the distillation teacher cannot be the model being trained; pass a copy")
     model = with_task_head(model, task)
     torch.manual_seed(cfg.seed)
     acc = Accelerator()
@@ -94,7 +98,9 @@ def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, 
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
+    # Under `accelerate launch` the prepared scheduler steps once per process per step.
+    n = acc.num_processes
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps) * n, steps * n)
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     if teacher is not None and cfg.distill is not None:
         teacher = teacher.to(acc.device).eval()
