@@ -210,7 +210,8 @@ def run_task(setup: TaskSetup, tok, runs: int, progress: bool, kinds: tuple[str,
               f"[{time.perf_counter() - start:.0f} s]", flush=True)
         del pruned, recovered
     base_row = rows[0]
-    base_row["latency_ms"] = float(np.median([r["latency_ms"] / r["latency_ratio"] for r in rows[1:]]))
+    base_row["latency_ms"] = float(np.median([r["latency_ms"] / r["latency_ratio"] for r in rows
+                                              if r["kind"] != "none"]))
     return rows
 
 
