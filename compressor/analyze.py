@@ -46,7 +46,7 @@ def analyze_model(name: str, calibration: CalibrationConfig, seed: int = 0, max_
     total, mean = scorer.distances()
     _, names = per_layer(np.zeros(len(mean)), layout.heads_per_layer)
     topo = analyze_distances(mean, names, max_dimension)
-    return ModelAnalysis(label, name, model_summary(net), names, scorer._tokens, total, mean, topo)
+    return ModelAnalysis(label, name, model_summary(net), names, scorer.tokens, total, mean, topo)
 
 
 def _files(a: ModelAnalysis) -> dict[str, bytes]:

@@ -94,7 +94,10 @@ def run_recipe(
     if recipe.evaluate is not None and recipe.evaluate.original:
         with timer("evaluate"):
             evaluations["original"] = _evaluate(TorchClassifier(net, tokenizer, "original"), recipe, task_data, progress)
-    original = copy.deepcopy(net) if recipe.evaluate is not None and recipe.evaluate.latency else None
+    original = None
+    if recipe.evaluate is not None and recipe.evaluate.latency:
+        # the teacher is only run forward, so it doubles as the unpruned latency reference
+        original = teacher if teacher is not None else copy.deepcopy(net)
     adapter = adapter_for(net)
     layout = adapter.layout()
 
@@ -185,12 +188,12 @@ def _task_data(recipe: Recipe, net) -> dict:
     if recipe.task is None:
         return out
     t = recipe.task
+    task = glue_task(t.name)
     tuned = recipe.finetune_base is not None or recipe.finetune_recovery is not None
     if tuned:
         out["train"] = load_glue(t.name, t.data_dir, "train").subset(t.train_examples, recipe.seed)
     ev = recipe.evaluate
     if ev is not None:
-        task = glue_task(t.name)
         out["eval"] = eval_splits(t.name, t.data_dir, ev.split, t.eval_examples, recipe.seed)
         if ev.original and recipe.finetune_base is None:
             check_head(net, task, "the original model (evaluate.original)")
@@ -198,7 +201,7 @@ def _task_data(recipe: Recipe, net) -> dict:
             check_head(net, task)
     rec = recipe.finetune_recovery
     if rec is not None and rec.distill is not None and recipe.finetune_base is None:
-        check_head(net, glue_task(t.name), "the distillation teacher (the unpruned model; add finetune.base?)")
+        check_head(net, task, "the distillation teacher (the unpruned model; add finetune.base?)")
     return out
 
 

@@ -75,12 +75,10 @@ class OnnxClassifier:
         return self._num_labels
 
     def logits(self, texts: list[tuple[str, ...]], max_length: int) -> np.ndarray:
+        from ..export.onnx import complete_feeds
+
         enc = encode(self.tokenizer, texts, max_length, tensors="np")
-        feeds = {k: enc[k].astype(np.int64) for k in self.inputs if k in enc}
-        if "token_type_ids" in self.inputs and "token_type_ids" not in feeds:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        if "position_ids" in self.inputs:
-            feeds["position_ids"] = np.clip(np.cumsum(feeds["attention_mask"], 1) - 1, 0, None)
+        feeds = complete_feeds({k: enc[k].astype(np.int64) for k in self.inputs if k in enc}, self.inputs)
         return self.session.run(["logits"], feeds)[0]
 
 

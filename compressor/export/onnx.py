@@ -82,6 +82,13 @@ def validation_inputs(model: nn.Module, tokenizer, input_names: list[str]) -> di
         mask = np.ones_like(ids)
         mask[1, 7:] = 0
         feeds = {"input_ids": ids, "attention_mask": mask}
+    return complete_feeds(feeds, input_names)
+
+
+def complete_feeds(feeds: dict[str, np.ndarray], input_names: list[str]) -> dict[str, np.ndarray]:
+    """The graph's inputs from tokenizer output: token types default to 0 and position
+    ids count real tokens (left padding stays at 0)."""
+    feeds = dict(feeds)
     for k in input_names:
         if k == "token_type_ids" and k not in feeds:
             feeds[k] = np.zeros_like(feeds["input_ids"])

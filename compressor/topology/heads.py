@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -244,28 +243,27 @@ class TopologyScorer(Scorer):
         super().begin(ctx)
         n = sum(ctx.layout.heads_per_layer)
         self._sum = torch.zeros(n, n, dtype=torch.float64)
-        self._tokens = 0
+        self.tokens = 0
 
     def update(self, batch: CaptureBatch) -> None:
         a = batch.heads()  # [batch, N, q, k]
         self._sum += head_metric_sums(a, batch.attention_mask).double()
-        self._tokens += int(batch.attention_mask.sum())
+        self.tokens += int(batch.attention_mask.sum())
 
     def distances(self) -> tuple[np.ndarray, np.ndarray]:
         """(D summed over the data's tokens, D per token)."""
         total = self._sum.numpy()
         total = (total + total.T) / 2
         np.fill_diagonal(total, 0.0)
-        return total, total / max(self._tokens, 1)
+        return total, total / max(self.tokens, 1)
 
     def finish(self) -> Scores:
-        total, mean = self.distances()
-        _, names = per_layer(np.zeros(len(mean)), self.ctx.layout.heads_per_layer)
-        topo = analyze_distances(mean, names, self.p["max_dimension"])
+        _, mean = self.distances()
         values, names = per_layer(h0_scores(mean), self.ctx.layout.heads_per_layer)
+        topo = analyze_distances(mean, names, self.p["max_dimension"])
         extras = {
             "heads": names,
-            "tokens": self._tokens,
+            "tokens": self.tokens,
             "distance_mean": mean.round(6).tolist(),
             "diagrams": topo.diagrams.to_json(),
             "clusters": topo.clusters,
