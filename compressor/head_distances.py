@@ -81,14 +81,59 @@ def bhattacharyya_coefficient(a: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return _mean_gram(a.sqrt(), mask)
 
 
-def js_distance_sums(a: torch.Tensor, w: torch.Tensor, block: int = 2**18) -> torch.Tensor:
+def key_spans(key_mask: torch.Tensor | None, b: int, k: int) -> torch.Tensor:
+    """[batch, 2]: per sequence, the smallest key range [first, last + 1) holding all its
+    real keys (all keys when no mask is given). Keys outside it are padding."""
+    if key_mask is None:
+        return torch.tensor([[0, k]] * b, dtype=torch.int32)
+    real = key_mask.bool()  # [batch, k]
+    pos = torch.arange(k)
+    first = torch.where(real, pos, k).min(1).values
+    last = torch.where(real, pos + 1, 0).max(1).values
+    return torch.stack([first.clamp_max(last), last], 1).to(torch.int32)
+
+
+def js_distance_sums(
+    a: torch.Tensor, w: torch.Tensor, key_mask: torch.Tensor | None = None, backend: str = "auto",
+    block: int = 2**18,
+) -> torch.Tensor:
     """sum_q w[b,q] * sqrt(JS(p_i(q), p_j(q))) for all pairs: [batch, N, N].
+
+    a: [batch, N, q, k]; w: [batch, q] query weights (0 skips a query); key_mask:
+    [batch, k], 1 at real keys (padding keys hold probability 0 in every row; knowing
+    them only saves work).
 
     Exact, float32, upper triangle only. JS(p, q) = H((p+q)/2) - (H(p) + H(q))/2 in bits,
     in [0, 1]; its square root is a metric. With s = p + q,
     H((p+q)/2) = sum(s) / 2 - sum(s log2 s) / 2: one add, one log and one dot per element.
     In float32, JS has an absolute error near 1e-7, which the square root turns into
     about 3e-4 for identical heads: distances are resolved to ~1e-3 near 0.
+
+    backend: "native" runs the fused C kernel (compressor.native), one pass per element
+    with the work split over torch's thread count; "torch" the blocked PyTorch loop
+    below (the one used on GPUs); "auto" the kernel for CPU tensors when it builds.
+    Both agree to float32 rounding (tested).
+    """
+    if backend not in ("auto", "native", "torch"):
+        raise ValueError(f"backend must be 'auto', 'native' or 'torch', got {backend!r}")
+    b, n, q, k = a.shape
+    if backend != "torch" and a.device.type == "cpu" and n >= 2:
+        from .native import js_library, js_pair_sums
+
+        lib = js_library()
+        if lib is None and backend == "native":
+            raise RuntimeError("the native JS kernel is unavailable (see the warning above)")
+        if lib is not None:
+            ii, jj = torch.triu_indices(n, n, offset=1)
+            d = js_pair_sums(lib, a.float(), w, key_spans(key_mask, b, k), ii, jj)  # [pairs, batch]
+            out = torch.zeros(b, n, n, dtype=torch.float64)
+            out[:, ii, jj] = d.T
+            return (out + out.transpose(1, 2)).float()
+    return _js_distance_sums_torch(a, w, block)
+
+
+def _js_distance_sums_torch(a: torch.Tensor, w: torch.Tensor, block: int) -> torch.Tensor:
+    """The PyTorch path of js_distance_sums.
 
     The mixture term does not factor into matrix products, so it is computed block by
     block: one head against a block of heads over a block of query rows, sized to

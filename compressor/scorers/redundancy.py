@@ -101,11 +101,11 @@ class RedundancyScorer(Scorer):
     def _js(self, a: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         k = self.p["js_query_sample"]
         if k is None or k >= a.shape[2]:
-            return js_distance_sums(a, query_weights(mask)), a.shape[0]
+            return js_distance_sums(a, query_weights(mask), mask), a.shape[0]
         idx = torch.randperm(a.shape[2], generator=self._gen)[:k].sort().values
         sub_mask = mask[:, idx]
         seen = sub_mask.sum(1) > 0  # sequences with at least one sampled real query
-        d = js_distance_sums(a[seen][:, :, idx], query_weights(sub_mask[seen]))
+        d = js_distance_sums(a[seen][:, :, idx], query_weights(sub_mask[seen]), mask[seen])
         return d, int(seen.sum())
 
     def _add(self, metric: str, per_sequence: torch.Tensor, count: int) -> None:

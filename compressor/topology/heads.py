@@ -34,7 +34,7 @@ def head_metric_sums(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     padding for every head, so the rows compare key by key.
     mask: [batch, q] 1 at real tokens.
     """
-    return js_distance_sums(a, mask.float()).sum(0)
+    return js_distance_sums(a, mask.float(), mask).sum(0)
 
 
 def within_layer_diversity(attentions: tuple[torch.Tensor, ...], mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

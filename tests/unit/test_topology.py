@@ -32,9 +32,10 @@ def _attention(b=2, n=5, q=7, seed=0, causal=False):
     logits = torch.randn(b, n, q, q, generator=g) * 2
     if causal:
         logits = logits.masked_fill(torch.ones(q, q).triu(1).bool(), -math.inf)
-    a = logits.softmax(-1)  # [batch, N, q, k]
     mask = torch.ones(b, q)
     mask[1, q - 2 :] = 0
+    # as in a real model: padding keys get no attention, padded query rows are zero
+    a = logits.masked_fill(mask[:, None, None, :] == 0, -math.inf).softmax(-1)  # [batch, N, q, k]
     return a * mask[:, None, :, None], mask
 
 

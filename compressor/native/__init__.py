@@ -1,0 +1,155 @@
+"""Native kernels, compiled on first use with the system's C compiler and loaded by ctypes.
+
+One kernel so far: the exact Jensen-Shannon distances between attention heads
+(js_kernel.c), whose pairwise mixture entropy costs ~3x a forward pass in PyTorch and
+about 1x fused. Everything here is optional: without a C compiler, or with
+COMPRESSOR_NATIVE=0, callers get None and use their PyTorch path, with one warning.
+
+The library is built once per source, compiler and CPU (it targets the host's vector
+instructions) into ~/.cache/compressor/native (or $COMPRESSOR_CACHE/native), written
+under a temporary name and renamed, so concurrent first uses cannot load half a file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("js_kernel.c")
+# Tried in order; the first that compiles wins. -fopenmp-simd honours the kernel's
+# `omp simd` reductions without linking an OpenMP runtime (torch brings its own, and two
+# would oversubscribe the cores). 512-bit vectors measured 1.2x faster than gcc's 256-bit
+# default on an AVX-512 Xeon; compilers or CPUs without them fall through to the next line.
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-fno-math-errno"],
+    ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],
+    ["-O3", "-fopenmp-simd", "-fno-math-errno"],
+)
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("COMPRESSOR_CACHE")
+    return Path(root) / "native" if root else Path.home() / ".cache" / "compressor" / "native"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _compile(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    source = _SOURCE.read_bytes()
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
+                                          platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
+        target = cache_dir() / f"js_kernel-{key}.so"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            run = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(_SOURCE)],
+                                 capture_output=True, text=True, timeout=120)
+            if run.returncode == 0:
+                os.replace(tmp, target)
+                return target
+            errors.append(f"{' '.join(flags)}: {run.stderr.strip().splitlines()[-1:] or run.returncode}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError("; ".join(errors))
+
+
+def _load() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    lib = ctypes.CDLL(str(_compile(compiler)))
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.row_entropies.argtypes = [p, i64, i64, i64, i64, i64, p, p, i64, i64, p]
+    lib.row_entropies.restype = None
+    lib.js_pairs.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, p, i64, i64, i64, p]
+    lib.js_pairs.restype = None
+    return lib
+
+
+def js_library() -> ctypes.CDLL | None:
+    """The compiled JS kernel, or None (disabled, or it could not be built: warned once)."""
+    if os.environ.get("COMPRESSOR_NATIVE", "1") == "0":
+        return None
+    with _lock:
+        if "lib" not in _state:
+            try:
+                _state["lib"] = _load()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                _state["lib"] = None
+                warnings.warn(f"native Jensen-Shannon kernel unavailable ({err}); using the PyTorch "
+                              "path, about 3x slower", RuntimeWarning, stacklevel=3)
+        return _state["lib"]  # type: ignore[return-value]
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _lock:
+        pool = _state.get("pool")
+        if pool is None or pool._max_workers != workers:  # type: ignore[attr-defined]
+            pool = _state["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="compressor-native")
+        return pool  # type: ignore[return-value]
+
+
+def _split(total: int, parts: int) -> list[tuple[int, int]]:
+    bounds = [t * total // parts for t in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+def js_pair_sums(lib: ctypes.CDLL, a: torch.Tensor, w: torch.Tensor, key_span: torch.Tensor,
+                 ii: torch.Tensor, jj: torch.Tensor, query_block: int = 16) -> torch.Tensor:
+    """sum_q w[b,q] * sqrt(JS(a[b,ii[p],q], a[b,jj[p],q])) per pair and sequence: [pairs, batch] (float64).
+
+    a: [batch, N, q, k] float32 on the CPU, keys contiguous; w: [batch, q] float32;
+    key_span: [batch, 2] int32, the key range holding every real key of a sequence;
+    ii, jj: [pairs] int32. The pairs are split evenly over torch's intra-op thread
+    count; each Python thread runs the C loop with the GIL released.
+    """
+    if a.stride(-1) != 1:
+        a = a.contiguous()
+    b, n, q, _ = a.shape
+    sb, sh, sq, _ = a.stride()
+    w, key_span = w.float().contiguous(), key_span.to(torch.int32).contiguous()
+    ii, jj = ii.to(torch.int32).contiguous(), jj.to(torch.int32).contiguous()
+    workers = max(1, torch.get_num_threads())
+    pool = _pool(workers)
+    h = torch.empty(n, b, q)  # [N, batch, q] row entropies, bits
+    out = torch.zeros(len(ii), b, dtype=torch.float64)  # [pairs, batch]
+    ptr = a.data_ptr(), w.data_ptr(), key_span.data_ptr()
+
+    def entropies(r):
+        lib.row_entropies(ptr[0], sb, sh, sq, b, q, ptr[2], ptr[1], r[0], r[1], h.data_ptr())
+
+    def pairs(r):
+        lib.js_pairs(ptr[0], sb, sh, sq, b, q, ptr[2], ptr[1], h.data_ptr(), ii.data_ptr(), jj.data_ptr(),
+                     r[0], r[1], query_block, out.data_ptr())
+
+    list(pool.map(entropies, _split(n, workers)))
+    list(pool.map(pairs, _split(len(ii), workers)))
+    return out
