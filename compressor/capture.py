@@ -58,6 +58,7 @@ def run_capture(
     extra = adapter.forward_kwargs()
     was_training = model.training
     model.eval()
+    workspace: dict = {}  # buffers the batches share (CaptureBatch.buffer)
     try:
         for batch in tqdm(batches, desc="capture", unit="batch", disable=not progress):
             state["summary"] = summary_positions(adapter, batch.attention_mask)
@@ -73,6 +74,7 @@ def run_capture(
                 summary_index=state["summary"],
                 attentions=tuple(out.attentions) if want_attn else None,
                 ffn_summary=tuple(ffn) if want_ffn else None,
+                workspace=workspace,
             )
             for s in active:
                 s.update(cb)

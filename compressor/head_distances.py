@@ -23,10 +23,16 @@ import math
 
 import torch
 
+from .native import gram_sums, heads_library, js_pair_sums, row_stats
+
 TOKEN_METRICS = ("js", "cosine", "correlation", "bhattacharyya")
 SENTENCE_METRICS = ("dcor", "procrustes", "cca")
 METRICS = TOKEN_METRICS + SENTENCE_METRICS
 _EPS = 1e-12
+# A row whose centred squared norm is below this share of its squared norm counts as
+# constant (Pearson r := 0): the centring cancels sum p^2 against ~1/L, and float32
+# rounding of sum p^2 (~1e-7 relative) would otherwise decide r for uniform rows.
+_FLAT = 1e-5
 
 
 def stack_heads(attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -65,11 +71,11 @@ def pearson_similarity(a: torch.Tensor, mask: torch.Tensor, sumsq: torch.Tensor 
 
     Rows sum to 1 over the L real keys, so a row's mean is 1/L and its centred squared
     norm is sum p^2 - 1/L: no separate centring pass. A row with no variance (e.g. a
-    single real key, or a padded query) has r defined as 0."""
+    single real key, uniform attention, or a padded query) has r defined as 0."""
     sumsq = (a * a).sum(-1) if sumsq is None else sumsq
     inv_len = 1 / mask.sum(1).clamp_min(1).to(a.dtype)[:, None, None]  # [batch, 1, 1]
     var = sumsq - inv_len  # [batch, N, q] centred squared norms
-    scale = torch.where(var > 1e-9, var.clamp_min(_EPS).rsqrt(), torch.zeros_like(var))
+    scale = torch.where(var > _FLAT * sumsq, var.clamp_min(_EPS).rsqrt(), torch.zeros_like(var))
     centred = (a - inv_len[..., None]).mul_(scale[..., None])
     if not bool(mask.all()):
         centred.mul_(mask[:, None, None, :].to(a.dtype))  # padding keys are not samples
@@ -114,22 +120,91 @@ def js_distance_sums(
     below (the one used on GPUs); "auto" the kernel for CPU tensors when it builds.
     Both agree to float32 rounding (tested).
     """
+    b, n, q, k = a.shape
+    lib = _native_library(a, backend)
+    if lib is None:
+        return _js_distance_sums_torch(a, w, block)
+    ii, jj = torch.triu_indices(n, n, offset=1)
+    sums = js_pair_sums(lib, a.float(), w, key_spans(key_mask, b, k), ii, jj)  # [pairs, batch]
+    return _symmetric(sums.T.float(), ii, jj, n)
+
+
+def _native_library(a: torch.Tensor, backend: str):
+    """The native kernel library when ``backend`` and ``a`` call for it, else None."""
     if backend not in ("auto", "native", "torch"):
         raise ValueError(f"backend must be 'auto', 'native' or 'torch', got {backend!r}")
-    b, n, q, k = a.shape
-    if backend != "torch" and a.device.type == "cpu" and n >= 2:
-        from .native import js_library, js_pair_sums
+    if backend == "torch" or a.device.type != "cpu" or a.shape[1] < 2:
+        return None
+    lib = heads_library()
+    if lib is None and backend == "native":
+        raise RuntimeError("the native head-distance kernel is unavailable (see the warning above)")
+    return lib
 
-        lib = js_library()
-        if lib is None and backend == "native":
-            raise RuntimeError("the native JS kernel is unavailable (see the warning above)")
-        if lib is not None:
-            ii, jj = torch.triu_indices(n, n, offset=1)
-            d = js_pair_sums(lib, a.float(), w, key_spans(key_mask, b, k), ii, jj)  # [pairs, batch]
-            out = torch.zeros(b, n, n, dtype=torch.float64)
-            out[:, ii, jj] = d.T
-            return (out + out.transpose(1, 2)).float()
-    return _js_distance_sums_torch(a, w, block)
+
+def token_metric_means(
+    a: torch.Tensor, mask: torch.Tensor, metrics: tuple[str, ...] | list[str], backend: str = "auto"
+) -> dict[str, torch.Tensor]:
+    """Per sequence, the mean over real query tokens of each token metric between every
+    pair of heads: {metric: [batch, N, N]}: the JS distance, or the cosine, Pearson or
+    Bhattacharyya similarity.
+
+    a: [batch, N, q, k] with padded query rows 0 (any strides); mask: [batch, q].
+    The native path (compressor/native/heads_kernel.c) computes JS with a fused log
+    kernel and the three others as register-tiled Gram matrices over the upper triangle
+    whose per-row scalings (weight, 1 / norm, centring) and square roots are applied
+    while a cache-sized block of queries is copied, so no scaled copy of ``a`` is ever
+    made. The PyTorch path runs the per-metric functions above; both agree to float32
+    rounding (tested).
+    """
+    bad = [m for m in metrics if m not in TOKEN_METRICS]
+    if bad:
+        raise ValueError(f"unknown token metrics {bad}; allowed: {', '.join(TOKEN_METRICS)}")
+    lib = _native_library(a, backend)
+    w = query_weights(mask)  # [batch, q]
+    if lib is None:
+        sumsq = None
+        if {"cosine", "correlation"} & set(metrics):
+            sumsq = torch.linalg.vector_norm(a, dim=-1).square()  # [batch, N, q] (no squared copy of a)
+        torch_fns = {
+            "js": lambda: js_distance_sums(a, w, mask, backend="torch"),
+            "cosine": lambda: cosine_similarity(a, mask, sumsq),
+            "correlation": lambda: pearson_similarity(a, mask, sumsq),
+            "bhattacharyya": lambda: bhattacharyya_coefficient(a, mask),
+        }
+        return {m: torch_fns[m]() for m in metrics}
+
+    a = a.float()
+    b, n, q, k = a.shape
+    spans = key_spans(mask, b, k)
+    # per-row scalars in the kernel's [N, batch, q] layout; each side of a Gram carries sqrt(w)
+    root_w = w.sqrt()[None].expand(n, b, q)
+    out: dict[str, torch.Tensor] = {}
+    grams, scales, roots = [], [], []
+    if {"cosine", "correlation"} & set(metrics):
+        sumsq, mass = row_stats(lib, a, spans)  # [N, batch, q]
+    if "cosine" in metrics:
+        r = torch.where(sumsq > _EPS, sumsq.clamp_min(_EPS).rsqrt(), torch.zeros_like(sumsq))
+        grams.append("cosine"), scales.append(root_w * r), roots.append(False)
+    if "correlation" in metrics:
+        # Pearson over the L real keys of rows with mass m: the centred squared norm is
+        # sum p^2 - (2m - 1) / L and a centred dot is <x, y> - o_x - o_y, o = (2m - 1) / (2L)
+        length = mask.sum(1).clamp_min(1).float()[None, :, None]  # [1, batch, 1] real keys L
+        o = (2 * mass - 1) / (2 * length)
+        var = sumsq - 2 * o
+        c = torch.where(var > _FLAT * sumsq, var.clamp_min(_EPS).rsqrt(), torch.zeros_like(var))
+        grams.append("correlation"), scales.append(root_w * c), roots.append(False)
+    if "bhattacharyya" in metrics:
+        grams.append("bhattacharyya"), scales.append(root_w), roots.append(True)
+    if grams:
+        for m, g in zip(grams, gram_sums(lib, a, spans, scales, roots)):
+            out[m] = g.float()
+        if "correlation" in out:
+            # subtract sum_q w c_i c_j (o_i + o_j), as matrix products over q
+            cb, wco = c.transpose(0, 1), (c * o * w[None]).transpose(0, 1)  # [batch, N, q]
+            out["correlation"] -= (wco @ cb.transpose(1, 2) + cb @ wco.transpose(1, 2)).float()
+    if "js" in metrics:
+        out["js"] = js_distance_sums(a, w, mask, backend="native")
+    return {m: out[m] for m in metrics}
 
 
 def _js_distance_sums_torch(a: torch.Tensor, w: torch.Tensor, block: int) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """Native kernels, compiled on first use with the system's C compiler and loaded by ctypes.
 
-One kernel so far: the exact Jensen-Shannon distances between attention heads
-(js_kernel.c), whose pairwise mixture entropy costs ~3x a forward pass in PyTorch and
-about 1x fused. Everything here is optional: without a C compiler, or with
-COMPRESSOR_NATIVE=0, callers get None and use their PyTorch path, with one warning.
+One kernel so far (heads_kernel.c): the token-based distances between all pairs of
+attention heads in one fused pass: exact Jensen-Shannon, whose pairwise mixture entropy
+costs ~3x a forward pass in PyTorch and about 1x fused, and the inner products behind
+cosine, Pearson and Bhattacharyya. Everything here is optional: without a C compiler,
+or with COMPRESSOR_NATIVE=0, callers get None and use their PyTorch path, with one
+warning.
 
 The library is built once per source, compiler and CPU (it targets the host's vector
 instructions) into ~/.cache/compressor/native (or $COMPRESSOR_CACHE/native), written
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).with_name("js_kernel.c")
+_SOURCE = Path(__file__).with_name("heads_kernel.c")
 # Tried in order; the first that compiles wins. -fopenmp-simd honours the kernel's
 # `omp simd` reductions without linking an OpenMP runtime (torch brings its own, and two
 # would oversubscribe the cores). 512-bit vectors measured 1.2x faster than gcc's 256-bit
@@ -62,7 +64,7 @@ def _compile(compiler: str) -> Path:
     for flags in _FLAG_SETS:
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                           platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
-        target = cache_dir() / f"js_kernel-{key}.so"
+        target = cache_dir() / f"heads_kernel-{key}.so"
         if target.exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -89,13 +91,17 @@ def _load() -> ctypes.CDLL:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.row_entropies.argtypes = [p, i64, i64, i64, i64, i64, p, p, i64, i64, p]
     lib.row_entropies.restype = None
+    lib.row_stats.argtypes = [p, i64, i64, i64, i64, i64, p, i64, i64, p, p]
+    lib.row_stats.restype = None
     lib.js_pairs.argtypes = [p, i64, i64, i64, i64, i64, p, p, p, p, p, i64, i64, i64, p]
     lib.js_pairs.restype = None
+    lib.gram_sums.argtypes = [p, i64, i64, i64, i64, i64, i64, p, i64, p, p, i64, i64, i64, p, p, p]
+    lib.gram_sums.restype = None
     return lib
 
 
-def js_library() -> ctypes.CDLL | None:
-    """The compiled JS kernel, or None (disabled, or it could not be built: warned once)."""
+def heads_library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None (disabled, or it could not be built: warned once)."""
     if os.environ.get("COMPRESSOR_NATIVE", "1") == "0":
         return None
     with _lock:
@@ -104,8 +110,8 @@ def js_library() -> ctypes.CDLL | None:
                 _state["lib"] = _load()
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                 _state["lib"] = None
-                warnings.warn(f"native Jensen-Shannon kernel unavailable ({err}); using the PyTorch "
-                              "path, about 3x slower", RuntimeWarning, stacklevel=3)
+                warnings.warn(f"native head-distance kernel unavailable ({err}); using the PyTorch "
+                              "path (Jensen-Shannon about 3x slower)", RuntimeWarning, stacklevel=3)
         return _state["lib"]  # type: ignore[return-value]
 
 
@@ -122,17 +128,35 @@ def _split(total: int, parts: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
 
 
-def js_pair_sums(lib: ctypes.CDLL, a: torch.Tensor, w: torch.Tensor, key_span: torch.Tensor,
-                 ii: torch.Tensor, jj: torch.Tensor, query_block: int = 16) -> torch.Tensor:
-    """sum_q w[b,q] * sqrt(JS(a[b,ii[p],q], a[b,jj[p],q])) per pair and sequence: [pairs, batch] (float64).
+def _check(a: torch.Tensor) -> None:
+    if a.dtype != torch.float32 or a.device.type != "cpu" or a.stride(-1) != 1:
+        raise ValueError("the native kernels need float32 CPU attention maps with contiguous keys")
 
-    a: [batch, N, q, k] float32 on the CPU, keys contiguous; w: [batch, q] float32;
-    key_span: [batch, 2] int32, the key range holding every real key of a sequence;
-    ii, jj: [pairs] int32. The pairs are split evenly over torch's intra-op thread
+
+def row_stats(lib: ctypes.CDLL, a: torch.Tensor, key_span: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared norm and mass of every query row over its key span: two [N, batch, q] tensors."""
+    _check(a)
+    b, n, q, _ = a.shape
+    sb, sh, sq, _ = a.stride()
+    key_span = key_span.to(torch.int32).contiguous()
+    sumsq, mass = torch.empty(n, b, q), torch.empty(n, b, q)
+    workers = max(1, torch.get_num_threads())
+    list(_pool(workers).map(lambda r: lib.row_stats(a.data_ptr(), sb, sh, sq, b, q, key_span.data_ptr(), r[0], r[1],
+                                                    sumsq.data_ptr(), mass.data_ptr()), _split(n, workers)))
+    return sumsq, mass
+
+
+def js_pair_sums(lib: ctypes.CDLL, a: torch.Tensor, w: torch.Tensor, key_span: torch.Tensor, ii: torch.Tensor,
+                 jj: torch.Tensor, query_block: int = 16) -> torch.Tensor:
+    """sum_q w[b,q] * sqrt(JS(a[b,ii[p],q], a[b,jj[p],q])) per pair and sequence: [pairs, batch] float64.
+
+    a: [batch, N, q, k] float32 on the CPU, keys contiguous, any other strides;
+    w: [batch, q]; key_span: [batch, 2], the key range holding every real key;
+    ii, jj: [pairs]. Entropies are computed here with the kernel's own log, so that
+    identical heads cancel. The pairs are split evenly over torch's intra-op thread
     count; each Python thread runs the C loop with the GIL released.
     """
-    if a.stride(-1) != 1:
-        a = a.contiguous()
+    _check(a)
     b, n, q, _ = a.shape
     sb, sh, sq, _ = a.stride()
     w, key_span = w.float().contiguous(), key_span.to(torch.int32).contiguous()
@@ -141,15 +165,46 @@ def js_pair_sums(lib: ctypes.CDLL, a: torch.Tensor, w: torch.Tensor, key_span: t
     pool = _pool(workers)
     h = torch.empty(n, b, q)  # [N, batch, q] row entropies, bits
     out = torch.zeros(len(ii), b, dtype=torch.float64)  # [pairs, batch]
-    ptr = a.data_ptr(), w.data_ptr(), key_span.data_ptr()
-
-    def entropies(r):
-        lib.row_entropies(ptr[0], sb, sh, sq, b, q, ptr[2], ptr[1], r[0], r[1], h.data_ptr())
-
-    def pairs(r):
-        lib.js_pairs(ptr[0], sb, sh, sq, b, q, ptr[2], ptr[1], h.data_ptr(), ii.data_ptr(), jj.data_ptr(),
-                     r[0], r[1], query_block, out.data_ptr())
-
-    list(pool.map(entropies, _split(n, workers)))
-    list(pool.map(pairs, _split(len(ii), workers)))
+    list(pool.map(lambda r: lib.row_entropies(a.data_ptr(), sb, sh, sq, b, q, key_span.data_ptr(), w.data_ptr(),
+                                              r[0], r[1], h.data_ptr()), _split(n, workers)))
+    list(pool.map(lambda r: lib.js_pairs(a.data_ptr(), sb, sh, sq, b, q, key_span.data_ptr(), w.data_ptr(),
+                                         h.data_ptr(), ii.data_ptr(), jj.data_ptr(), r[0], r[1], query_block,
+                                         out.data_ptr()), _split(len(ii), workers)))
     return out
+
+
+def gram_sums(lib: ctypes.CDLL, a: torch.Tensor, key_span: torch.Tensor, scales: list[torch.Tensor],
+              use_sqrt: list[bool], query_block: int = 16) -> list[torch.Tensor]:
+    """Per metric m and sequence b, the Gram matrix of scaled rows (see heads_kernel.c):
+    G[b,i,j] = sum_q s_m[b,i,q] s_m[b,j,q] <f(a[b,i,q]), f(a[b,j,q])>, f = sqrt where
+    use_sqrt[m]: a list of [batch, N, N] float64, symmetric.
+
+    a: [batch, N, q, k] float32 on the CPU, keys contiguous, any other strides;
+    scales: [N, batch, q] each (0 skips a row). Sequences are split over torch's
+    intra-op thread count, each thread with its own panel and Gram scratch.
+    """
+    _check(a)
+    b, n, q, _ = a.shape
+    sb, sh, sq, _ = a.stride()
+    key_span = key_span.to(torch.int32).contiguous()
+    per_row = [s.float().contiguous() for s in scales]  # [N, batch, q]
+    outs = [torch.zeros(b, n, n, dtype=torch.float64) for _ in scales]
+    nm = len(scales)
+    scale_ptrs = (ctypes.c_void_p * nm)(*(t.data_ptr() for t in per_row))
+    out_ptrs = (ctypes.c_void_p * nm)(*(t.data_ptr() for t in outs))
+    flags = torch.tensor([int(x) for x in use_sqrt], dtype=torch.int32)
+    npad = (n + 3) // 4 * 4
+    kpad = (int((key_span[:, 1] - key_span[:, 0]).max().clamp_min(0)) + 15) // 16 * 16
+    workers = max(1, min(torch.get_num_threads(), b))
+
+    def run(r: tuple[int, int]) -> None:
+        panel = torch.empty(npad * query_block * max(kpad, 16))
+        g = torch.empty(nm * npad * npad)
+        lib.gram_sums(a.data_ptr(), sb, sh, sq, b, n, q, key_span.data_ptr(), nm, scale_ptrs, flags.data_ptr(),
+                      r[0], r[1], query_block, panel.data_ptr(), g.data_ptr(), out_ptrs)
+
+    list(_pool(max(1, torch.get_num_threads())).map(run, _split(b, workers)))
+    for g in outs:  # the kernel fills j >= i
+        upper = g.triu()
+        g.copy_(upper + upper.transpose(1, 2) - torch.diag_embed(upper.diagonal(dim1=1, dim2=2)))
+    return outs

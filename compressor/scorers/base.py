@@ -47,16 +47,45 @@ class CaptureBatch:
     summary_index: torch.Tensor  # [batch] position of the [CLS]-like token
     attentions: tuple[torch.Tensor, ...] | None  # per layer [batch, heads_l, seq(q), seq(k)]
     ffn_summary: tuple[torch.Tensor, ...] | None  # per layer [batch, neurons_l], after the activation
+    # Buffers reused from batch to batch (run_capture passes one dict for the whole run):
+    # allocating a fresh copy of all attention maps per batch costs more in page faults
+    # than filling it. Scorers reduce each batch before the next, so reuse is safe.
+    workspace: dict = field(default_factory=dict, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def heads(self) -> torch.Tensor:
-        """All heads stacked, padded query rows zeroed: [batch, N, q, k]. Computed once
-        per batch and shared by every scorer."""
-        if "heads" not in self._cache:
-            from ..head_distances import stack_heads
+    def buffer(self, name: str, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+        """An uninitialized contiguous float32 tensor, the same storage every batch while
+        the shape matches. Only for use within one update(): the next batch overwrites it."""
+        buf = self.workspace.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.device != torch.device(device):
+            buf = self.workspace[name] = torch.empty(shape, dtype=torch.float32, device=device)
+        return buf
 
-            self._cache["heads"] = stack_heads(self.attentions) * self.attention_mask[:, None, :, None]
+    def heads(self) -> torch.Tensor:
+        """All heads stacked, padded query rows zeroed: [batch, N, q, k] float32.
+
+        Computed once per batch and shared by every scorer. The memory is laid out
+        [batch, q, N, k] and the result is a transposed view of it: all heads' rows of
+        one query sit together, which is what the per-query products of head_types and
+        sieve_roles read (heads_by_query, no copy) and what keeps a block of queries of
+        every head in cache for the pairwise distances."""
+        if "heads" not in self._cache:
+            layers = [a for a in self.attentions if a.shape[1] > 0]
+            b, _, q, k = layers[0].shape
+            n = sum(a.shape[1] for a in layers)
+            store = self.buffer("heads", (b, q, n, k), layers[0].device)
+            start = 0
+            for a in layers:  # copy_ also converts half-precision maps to float32
+                store[:, :, start : start + a.shape[1]].copy_(a.transpose(1, 2))
+                start += a.shape[1]
+            if not bool(self.attention_mask.all()):
+                store.mul_(self.attention_mask[:, :, None, None].to(store.dtype))  # padded query rows -> 0
+            self._cache["heads"] = store.transpose(1, 2)
         return self._cache["heads"]
+
+    def heads_by_query(self) -> torch.Tensor:
+        """heads() as [batch, q, N, k], contiguous: per query, a matrix of all heads' rows."""
+        return self.heads().transpose(1, 2)
 
 
 class Scorer:

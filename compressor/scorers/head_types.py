@@ -48,15 +48,22 @@ def key_categories(input_ids: torch.Tensor, mask: torch.Tensor, special: dict[st
     return torch.where(dist == 0, 4, cat)
 
 
-def distance_features(attn: torch.Tensor, categories: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def distance_features(
+    attn: torch.Tensor, categories: torch.Tensor, mask: torch.Tensor, buffer: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per sequence and head, mean over real queries of attention mass per category.
 
-    attn [batch, N, q, k], categories [batch, q, k] -> [batch, N, 21]."""
+    attn [batch, N, q, k], categories [batch, q, k] -> [batch, N, 21]. One batched
+    matmul per query, all heads' rows against the query's one-hot key categories
+    (weighted by the query's share of the mean), then a sum over queries. It reads
+    attn as [batch, q, N, k], the layout of CaptureBatch.heads(), where that is free.
+    ``buffer`` ([batch, q, k, 21], reused across batches) holds the one-hot matrix:
+    a fresh one costs more in page faults than the matmul."""
     b, n, q, k = attn.shape
-    per_query = attn.new_zeros(b, n, q, len(FEATURES))
-    per_query.scatter_add_(-1, categories[:, None].expand(b, n, q, k), attn)  # [batch, N, q, 21]
     w = mask.float() / mask.sum(1, keepdim=True).clamp_min(1)  # [batch, q]
-    return torch.einsum("bnqf,bq->bnf", per_query, w)
+    onehot = buffer if buffer is not None else torch.empty(b, q, k, len(FEATURES))
+    onehot.zero_().scatter_(-1, categories[..., None], w[:, :, None, None].expand(b, q, k, 1))  # [batch, q, k, 21]
+    return (attn.transpose(1, 2) @ onehot).sum(1)  # [batch, q, N, 21] -> [batch, N, 21]
 
 
 def name_clusters(centroids: np.ndarray) -> list[str]:
@@ -105,7 +112,9 @@ class HeadTypesScorer(Scorer):
 
     def update(self, batch: CaptureBatch) -> None:
         cats = key_categories(batch.input_ids, batch.attention_mask, self.special)
-        self._features.append(distance_features(batch.heads(), cats, batch.attention_mask))
+        b, q = batch.input_ids.shape
+        buf = batch.buffer("head_types_onehot", (b, q, q, len(FEATURES)))
+        self._features.append(distance_features(batch.heads(), cats, batch.attention_mask, buf))
 
     def finish(self) -> Scores:
         from sklearn.cluster import KMeans

@@ -22,14 +22,20 @@ import torch
 
 from ..errors import RecipeError
 from ..head_distances import (
-    METRICS, SENTENCE_METRICS, bhattacharyya_coefficient, cca_similarity, cosine_similarity, dcor_similarity,
-    js_distance_sums, pearson_similarity, procrustes_disparity, query_weights,
+    METRICS, SENTENCE_METRICS, TOKEN_METRICS, cca_similarity, dcor_similarity, js_distance_sums,
+    procrustes_disparity, query_weights, token_metric_means,
 )
 from ..schema import Field
 from ..types import HeadScores, Scores
 from .base import CaptureBatch, Scorer, per_layer, register_scorer
 
 DEFAULT_METRICS = ["js", "cosine", "correlation", "bhattacharyya"]
+# similarities in [-1, 1] or [0, 1] -> distances in [0, 1]
+SIMILARITY_TO_DISTANCE = {
+    "cosine": lambda s: 1 - s,
+    "correlation": lambda s: (1 - s) / 2,
+    "bhattacharyya": lambda s: 1 - s,
+}
 
 
 @register_scorer
@@ -74,33 +80,31 @@ class RedundancyScorer(Scorer):
         mask = batch.attention_mask
         a = batch.heads()  # [batch, N, q, k], padded queries 0
         b = a.shape[0]
-        sumsq = (a * a).sum(-1) if {"cosine", "correlation"} & set(self.p["metrics"]) else None  # [batch, N, q]
+        sampled_js = "js" in self.p["metrics"] and self.p["js_query_sample"] is not None
+        token = [m for m in self.p["metrics"] if m in TOKEN_METRICS and not (m == "js" and sampled_js)]
+        if token:
+            for m, per_seq in token_metric_means(a, mask, token).items():
+                self._add(m, per_seq if m == "js" else SIMILARITY_TO_DISTANCE[m](per_seq), b)
+        if sampled_js:
+            self._add("js", *self._sampled_js(a, mask))
         for m in self.p["metrics"]:
-            if m in SENTENCE_METRICS:
-                take = min(b, self.p["sentence_sequences"] - self._counts[m])
-                if take <= 0:
-                    continue
-                sub, sub_mask = a[:take], mask[:take]
-                if m == "dcor":
-                    d = 1 - dcor_similarity(sub, sub_mask)
-                elif m == "procrustes":
-                    d = procrustes_disparity(sub, sub_mask, self.p["svd_rank"])
-                else:
-                    d = 1 - cca_similarity(sub, sub_mask, self.p["svd_rank"])
-                self._add(m, d, take)
+            if m not in SENTENCE_METRICS:
                 continue
-            if m == "js":
-                self._add(m, *self._js(a, mask))
-            elif m == "cosine":
-                self._add(m, 1 - cosine_similarity(a, mask, sumsq), b)
-            elif m == "correlation":
-                self._add(m, (1 - pearson_similarity(a, mask, sumsq)) / 2, b)
-            elif m == "bhattacharyya":
-                self._add(m, 1 - bhattacharyya_coefficient(a, mask), b)
+            take = min(b, self.p["sentence_sequences"] - self._counts[m])
+            if take <= 0:
+                continue
+            sub, sub_mask = a[:take], mask[:take]
+            if m == "dcor":
+                d = 1 - dcor_similarity(sub, sub_mask)
+            elif m == "procrustes":
+                d = procrustes_disparity(sub, sub_mask, self.p["svd_rank"])
+            else:
+                d = 1 - cca_similarity(sub, sub_mask, self.p["svd_rank"])
+            self._add(m, d, take)
 
-    def _js(self, a: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _sampled_js(self, a: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         k = self.p["js_query_sample"]
-        if k is None or k >= a.shape[2]:
+        if k >= a.shape[2]:
             return js_distance_sums(a, query_weights(mask), mask), a.shape[0]
         idx = torch.randperm(a.shape[2], generator=self._gen)[:k].sort().values
         sub_mask = mask[:, idx]

@@ -127,11 +127,14 @@ def sieve_bias(attn: torch.Tensor, sieves: torch.Tensor, mask: torch.Tensor) -> 
     (NaN where no query of the sequence has a non-empty sieve).
 
     attn [batch, N, q, k]; sieves [batch, q, k, S]. One batched matmul over the key axis
-    gives every head's in-sieve mass for every sieve."""
-    sf = sieves.float()
-    inside = attn.permute(0, 2, 1, 3) @ sf  # [batch, q, N, S] attention mass inside each sieve
-    size = sf.sum(2)  # [batch, q, S] keys in each sieve
-    total = attn.sum(-1).permute(0, 2, 1)  # [batch, q, N] (1 for real queries)
+    per query gives every head's in-sieve mass for every sieve."""
+    b, q, k, _ = sieves.shape
+    # a last all-keys column makes the same matmul return each row's total mass
+    sf = torch.cat([sieves.float(), torch.ones(b, q, k, 1)], -1)  # [batch, q, k, S + 1]
+    by_query = attn.transpose(1, 2)  # [batch, q, N, k]: CaptureBatch.heads()'s memory order, no copy
+    masses = by_query @ sf  # [batch, q, N, S + 1] attention mass inside each sieve, and in all
+    inside, total = masses[..., :-1], masses[..., -1]  # total [batch, q, N]: 1 for real queries
+    size = sf[..., :-1].sum(2)  # [batch, q, S] keys in each sieve
     n_real = mask.sum(1).float()[:, None, None, None]  # [batch, 1, 1, 1] real length L
     valid = (size > 0) & mask.bool()[:, :, None]  # [batch, q, S]
     # mean inside / mean over all keys = (inside / |S|) / (total / L)

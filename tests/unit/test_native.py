@@ -1,5 +1,6 @@
-"""The fused native Jensen-Shannon kernel: same numbers as the PyTorch path and scipy,
-built once into the cache, and a clean fallback when it cannot be built."""
+"""The fused native head-distance kernel: same numbers as the PyTorch path and scipy,
+built once into the cache, and a clean fallback when it cannot be built; the shared
+stacked-heads layout it reads."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import torch
 from scipy.spatial.distance import jensenshannon
 
 from compressor import native
-from compressor.head_distances import js_distance_sums, key_spans, query_weights
+from compressor.head_distances import TOKEN_METRICS, js_distance_sums, key_spans, query_weights, token_metric_means
+from compressor.scorers.base import CaptureBatch
 
-needs_kernel = pytest.mark.skipif(native.js_library() is None, reason="no C compiler: the kernel cannot be built")
+needs_kernel = pytest.mark.skipif(native.heads_library() is None, reason="no C compiler: the kernel cannot be built")
 
 
 def _attention(b=4, n=7, s=11, seed=0, causal=False):
@@ -77,30 +79,65 @@ def test_native_skips_zero_weight_queries_and_keeps_identical_heads_at_zero():
 def test_library_is_built_once_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path))
     monkeypatch.setattr(native, "_state", {})
-    assert native.js_library() is not None
+    assert native.heads_library() is not None
     built = list((tmp_path / "native").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so"  # no temporary files left beside it
     stamp = built[0].stat().st_mtime_ns
     monkeypatch.setattr(native, "_state", {})
-    assert native.js_library() is not None and built[0].stat().st_mtime_ns == stamp
+    assert native.heads_library() is not None and built[0].stat().st_mtime_ns == stamp
 
 
 def test_fallback_without_a_compiler(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "/bin/false")
     monkeypatch.setattr(native, "_state", {})
-    with pytest.warns(RuntimeWarning, match="native Jensen-Shannon kernel unavailable"):
-        assert native.js_library() is None
+    with pytest.warns(RuntimeWarning, match="native head-distance kernel unavailable"):
+        assert native.heads_library() is None
     assert not list((tmp_path / "native").glob("*.so"))
     a, mask = _attention()
     w = query_weights(mask)
     assert torch.allclose(js_distance_sums(a, w, mask), js_distance_sums(a, w, backend="torch"))
-    with pytest.raises(RuntimeError, match="native JS kernel is unavailable"):
+    with pytest.raises(RuntimeError, match="native head-distance kernel is unavailable"):
         js_distance_sums(a, w, mask, backend="native")
 
 
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("COMPRESSOR_NATIVE", "0")
-    assert native.js_library() is None
+    assert native.heads_library() is None
     with pytest.raises(ValueError, match="backend must be"):
         js_distance_sums(*_attention()[:1], torch.ones(4, 11), backend="cuda")
+
+
+@needs_kernel
+@pytest.mark.parametrize("causal,length", [(False, 11), (True, 11), (False, 37)])
+def test_fused_token_metrics_equal_torch_path(causal, length):
+    # 7 heads (tiles of 4 padded), keys not a multiple of 16, 37 queries (several blocks)
+    a, mask = _attention(s=length, causal=causal)
+    a[:, 4] = mask[:, None, :] * mask[:, :, None].float()  # uniform rows: no variance, r := 0
+    a[:, 4] /= a[:, 4].sum(-1, keepdim=True).clamp_min(1e-12)
+    fast = token_metric_means(a, mask, TOKEN_METRICS, backend="native")
+    slow = token_metric_means(a, mask, TOKEN_METRICS, backend="torch")
+    for m in TOKEN_METRICS:
+        assert fast[m].shape == (4, 7, 7) and torch.equal(fast[m], fast[m].transpose(1, 2))
+        assert torch.allclose(fast[m], slow[m], atol=2e-5), (m, (fast[m] - slow[m]).abs().max())
+    # a subset gives the same numbers (metrics share panels but not results)
+    part = token_metric_means(a, mask, ["bhattacharyya", "js"], backend="native")
+    assert list(part) == ["bhattacharyya", "js"]
+    assert torch.equal(part["bhattacharyya"], fast["bhattacharyya"]) and torch.equal(part["js"], fast["js"])
+
+
+def test_heads_are_a_view_of_a_by_query_layout_reused_across_batches():
+    g = torch.Generator().manual_seed(0)
+    layers = (torch.rand(2, 3, 5, 5, generator=g), torch.rand(2, 0, 5, 5), torch.rand(2, 2, 5, 5, generator=g))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    workspace: dict = {}
+    batch = CaptureBatch(torch.zeros(2, 5, dtype=torch.long), mask, torch.zeros(2, dtype=torch.long),
+                         layers, None, workspace=workspace)
+    h = batch.heads()
+    assert torch.equal(h, torch.cat(layers, 1) * mask[:, None, :, None])
+    assert batch.heads_by_query().is_contiguous() and batch.heads_by_query().shape == (2, 5, 5, 5)
+    again = CaptureBatch(torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.long),
+                         torch.zeros(2, dtype=torch.long), tuple(x.half() for x in layers), None, workspace=workspace)
+    h2 = again.heads()
+    assert h2.data_ptr() == h.data_ptr() and h2.dtype == torch.float32  # same storage, float32
+    assert torch.allclose(h2, torch.cat(layers, 1), atol=1e-3)
