@@ -61,7 +61,7 @@ def distance_features(
     a fresh one costs more in page faults than the matmul."""
     b, n, q, k = attn.shape
     w = mask.float() / mask.sum(1, keepdim=True).clamp_min(1)  # [batch, q]
-    onehot = buffer if buffer is not None else torch.empty(b, q, k, len(FEATURES))
+    onehot = buffer if buffer is not None else attn.new_empty(b, q, k, len(FEATURES))
     onehot.zero_().scatter_(-1, categories[..., None], w[:, :, None, None].expand(b, q, k, 1))  # [batch, q, k, 21]
     return (attn.transpose(1, 2) @ onehot).sum(1)  # [batch, q, N, 21] -> [batch, N, 21]
 
@@ -113,7 +113,7 @@ class HeadTypesScorer(Scorer):
     def update(self, batch: CaptureBatch) -> None:
         cats = key_categories(batch.input_ids, batch.attention_mask, self.special)
         b, q = batch.input_ids.shape
-        buf = batch.buffer("head_types_onehot", (b, q, q, len(FEATURES)))
+        buf = batch.buffer("head_types_onehot", (b, q, q, len(FEATURES)), batch.input_ids.device)
         self._features.append(distance_features(batch.heads(), cats, batch.attention_mask, buf))
 
     def finish(self) -> Scores:

@@ -130,7 +130,7 @@ def sieve_bias(attn: torch.Tensor, sieves: torch.Tensor, mask: torch.Tensor) -> 
     per query gives every head's in-sieve mass for every sieve."""
     b, q, k, _ = sieves.shape
     # a last all-keys column makes the same matmul return each row's total mass
-    sf = torch.cat([sieves.float(), torch.ones(b, q, k, 1)], -1)  # [batch, q, k, S + 1]
+    sf = torch.cat([sieves.float(), sieves.new_ones(b, q, k, 1, dtype=torch.float)], -1)  # [batch, q, k, S + 1]
     by_query = attn.transpose(1, 2)  # [batch, q, N, k]: CaptureBatch.heads()'s memory order, no copy
     masses = by_query @ sf  # [batch, q, N, S + 1] attention mass inside each sieve, and in all
     inside, total = masses[..., :-1], masses[..., -1]  # total [batch, q, N]: 1 for real queries
