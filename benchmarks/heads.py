@@ -3,13 +3,16 @@ that redundancy matrices from random tokens match those from real text.
 
 MiniLM, 256 sequences x 128 tokens, batch 32. Targets: capture + head_types +
 sieve_roles + the matrix-product distances (cosine, correlation, Bhattacharyya) at
-most 1.5x the forward; exact Jensen-Shannon at most 2x.
-Run: python benchmarks/heads.py [--sequences 256]
+most 1.5x the forward; exact Jensen-Shannon at most 2x. The distances run on the
+native kernels (compressor/native) when they build; --no-native measures the PyTorch
+fallback.
+Run: python benchmarks/heads.py [--sequences 256] [--no-native]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -25,6 +28,7 @@ from compressor.arch import adapter_for  # noqa: E402
 from compressor.capture import run_capture  # noqa: E402
 from compressor.data.calibration import calibration_batches  # noqa: E402
 from compressor.models import load_model, load_tokenizer  # noqa: E402
+from compressor.native import heads_library  # noqa: E402
 from compressor.recipe import CalibrationConfig  # noqa: E402
 from compressor.scorers import SCORERS, ScoringContext  # noqa: E402
 from compressor.scorers.base import Scorer  # noqa: E402
@@ -56,7 +60,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sequences", type=int, default=256)
     ap.add_argument("--js-sample", type=int, default=32, help="query positions for the subsampled JS")
+    ap.add_argument("--no-native", action="store_true",
+                    help="PyTorch paths only (as without a C compiler); results go to heads-torch.json")
     args = ap.parse_args()
+    if args.no_native:
+        os.environ["COMPRESSOR_NATIVE"] = "0"
+    kernel = "pytorch" if heads_library() is None else "native"
+    print(f"head-distance kernels: {kernel}")
 
     model = load_model("default", attn_implementation="eager")
     tok = load_tokenizer("default")
@@ -138,7 +148,8 @@ def main() -> None:
     print(f"Pearson r, redundancy matrix from random tokens vs WikiText ({n} sequences each): {corr}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of the whole run: {peak:.0f} MiB")
-    report("heads", rows, {"sequences": args.sequences, "length": 128, "js_subsample_error": js_error,
+    report("heads-torch" if args.no_native else "heads", rows, {
+        "sequences": args.sequences, "length": 128, "kernels": kernel, "js_subsample_error": js_error,
                            "random_vs_text_pearson": corr, "peak_rss_mib": peak})
 
 

@@ -3,12 +3,15 @@
 All heads of the model are stacked: A [batch, N, q, k], N = sum of heads over layers.
 Each query row is a distribution over the real keys (padding keys hold 0).
 
-Token-based (per query token, then averaged over a sequence's real query tokens):
+Token-based (per query token, then averaged over a sequence's real query tokens), via
+token_metric_means:
 - cosine, correlation and Bhattacharyya are inner products over the key axis of rows
-  prepared in one elementwise pass, so one batched matmul over the flattened (q, k)
-  axis gives every pair at once: [batch, N, q*k] @ [batch, q*k, N].
+  scaled per row, i.e. a Gram matrix per sequence over the flattened (q, k) axis.
 - Jensen-Shannon needs the entropy of each pair's mixture (p+q)/2, which does not
-  factor: it is computed exactly over the upper triangle in cache-sized blocks.
+  factor: it is computed exactly over the upper triangle.
+Both run on the native kernels of compressor.native when they build (one fused pass
+each, no scaled copies of A) and otherwise on the PyTorch functions below, which
+prepare rows in elementwise passes and use batched matmuls / cache-sized blocks.
 Sentence-based (whole attention matrices of a sequence, real tokens only):
 - distance correlation: double-centred row-distance matrices, then a Gram matrix.
 - Procrustes disparity and SVCCA-regularized CCA: singular values of U_i^T U_j (scaled
@@ -33,11 +36,6 @@ _EPS = 1e-12
 # constant (Pearson r := 0): the centring cancels sum p^2 against ~1/L, and float32
 # rounding of sum p^2 (~1e-7 relative) would otherwise decide r for uniform rows.
 _FLAT = 1e-5
-
-
-def stack_heads(attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Per-layer [batch, heads_l, q, k] -> [batch, N, q, k] (float32)."""
-    return torch.cat([a.float() for a in attentions if a.shape[1] > 0], dim=1)
 
 
 def query_weights(mask: torch.Tensor) -> torch.Tensor:

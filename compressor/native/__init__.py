@@ -1,11 +1,12 @@
 """Native kernels, compiled on first use with the system's C compiler and loaded by ctypes.
 
-One kernel so far (heads_kernel.c): the token-based distances between all pairs of
-attention heads in one fused pass: exact Jensen-Shannon, whose pairwise mixture entropy
-costs ~3x a forward pass in PyTorch and about 1x fused, and the inner products behind
-cosine, Pearson and Bhattacharyya. Everything here is optional: without a C compiler,
-or with COMPRESSOR_NATIVE=0, callers get None and use their PyTorch path, with one
-warning.
+One source so far (heads_kernel.c): the token-based distances between all pairs of
+attention heads. Exact Jensen-Shannon with a fused, vectorized log (its pairwise mixture
+entropy costs ~3x a forward pass in PyTorch, ~0.7x here), and cosine, Pearson and
+Bhattacharyya as register-tiled Gram matrices that scale rows while copying cache-sized
+panels instead of materializing scaled copies of the attention maps. Everything here is
+optional: without a C compiler, or with COMPRESSOR_NATIVE=0, callers get None and use
+their PyTorch path (same numbers, tested), with one warning. $CC picks the compiler.
 
 The library is built once per source, compiler and CPU (it targets the host's vector
 instructions) into ~/.cache/compressor/native (or $COMPRESSOR_CACHE/native), written
@@ -29,10 +30,10 @@ from pathlib import Path
 import torch
 
 _SOURCE = Path(__file__).with_name("heads_kernel.c")
-# Tried in order; the first that compiles wins. -fopenmp-simd honours the kernel's
-# `omp simd` reductions without linking an OpenMP runtime (torch brings its own, and two
-# would oversubscribe the cores). 512-bit vectors measured 1.2x faster than gcc's 256-bit
-# default on an AVX-512 Xeon; compilers or CPUs without them fall through to the next line.
+# Tried in order; the first that compiles wins (a compiler that rejects a flag falls
+# through). -fopenmp-simd honours the kernel's `omp simd` reductions without linking an
+# OpenMP runtime (torch brings its own, and two would oversubscribe the cores). 512-bit
+# vectors measured 1.2x faster than gcc's 256-bit default on an AVX-512 Xeon.
 _FLAG_SETS = (
     ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-fno-math-errno"],
     ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],

@@ -1,26 +1,29 @@
-/* Token-based distances between all pairs of attention heads, fused into one pass.
+/* Token-based distances between all pairs of attention heads.
 
-   The mixture entropy H((p+q)/2) of Jensen-Shannon is the one pairwise term that does
-   not factor into matrix products. In PyTorch it costs an add, a log and a dot as three
-   passes over memory plus one dispatch per cache-sized block; here it is one pass per
-   element with a vectorizable log, so the work stays in registers. The inner products
-   behind cosine, Pearson and Bhattacharyya ride along in the same pass: over the upper
-   triangle only, with the per-row scalings applied to N x N results instead of to
-   copies of the attention maps (which is what costs most in the matmul formulation).
+   - Jensen-Shannon (row_entropies, js_pairs): the mixture entropy H((p+q)/2) is the one
+     pairwise term that does not factor into matrix products. PyTorch needs an add, a
+     log and a dot as three passes over memory plus a dispatch per cache-sized block;
+     here it is one pass per element with a vectorizable log, compute-bound.
+   - Cosine, Pearson, Bhattacharyya (row_stats, gram_sums): per query, inner products
+     of rows scaled per row (weight, 1 / norm, centring; sqrt for Bhattacharyya), summed
+     over queries: a Gram matrix per sequence. The scaling is applied while a block of
+     queries of all heads is copied into a cache-resident panel, and 4 x 4 tiles of
+     heads keep 16 accumulators in registers, over the upper triangle only. A plain
+     loop over pairs was bound by cache bandwidth, and PyTorch's formulation (scaled
+     copies of the maps, then bmm) by writing those copies.
 
    Layout: attention a[b][head][q][k] with strides (sb, sh, sq) in floats, keys
    contiguous. Only keys in [kspan[2b], kspan[2b+1]) are read: every real key of
    sequence b lies there, and the rest are padding with probability 0 in every row,
-   whose 0 log 0 = 0 terms are exactly what skipping them gives. Query rows with
-   weight w = 0 (padding, or queries left out of a sample) are skipped too.
+   whose terms are exactly 0. Query rows with weight (or scale) 0 are skipped.
 
    Every probability is raised by EPS before its log is taken, in the single-row
    entropies and in the mixtures alike, so log never sees 0 and the two agree on
    identical heads: (x + x) + 2 EPS rounds to exactly 2 (x + EPS).
 
-   Built and loaded by compressor/native/__init__.py (ctypes); compiled with
-   -O3 -fopenmp-simd so the inner loops become SIMD code. No OpenMP runtime is used:
-   Python threads run disjoint pair ranges (ctypes releases the GIL). */
+   Built and loaded by compressor/native/__init__.py (ctypes) with -O3 -fopenmp-simd
+   (vectorized loops, no OpenMP runtime): Python threads run disjoint ranges of pairs,
+   heads or sequences, with the GIL released during each call. */
 
 #include <stdint.h>
 #include <math.h>
