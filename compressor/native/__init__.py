@@ -118,9 +118,12 @@ def heads_library() -> ctypes.CDLL | None:
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     with _lock:
-        pool = _state.get("pool")
-        if pool is None or pool._max_workers != workers:  # type: ignore[attr-defined]
+        pool, size = _state.get("pool"), _state.get("pool_size")
+        if pool is None or size != workers:  # torch.set_num_threads changed it
+            if pool is not None:
+                pool.shutdown(wait=False)  # type: ignore[attr-defined]
             pool = _state["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="compressor-native")
+            _state["pool_size"] = workers
         return pool  # type: ignore[return-value]
 
 
