@@ -109,13 +109,19 @@ def test_disabled_by_environment(monkeypatch):
 
 
 @needs_kernel
-@pytest.mark.parametrize("causal,length", [(False, 11), (True, 11), (False, 37)])
-def test_fused_token_metrics_equal_torch_path(causal, length):
-    # 7 heads (tiles of 4 padded), keys not a multiple of 16, 37 queries (several blocks)
+@pytest.mark.parametrize("causal,length,threads", [(False, 11, 2), (True, 11, 1), (False, 37, 3)])
+def test_fused_token_metrics_equal_torch_path(causal, length, threads):
+    # 7 heads (tiles of 4 padded), keys not a multiple of 16, 37 queries (several blocks),
+    # 4 sequences over 1-3 threads
     a, mask = _attention(s=length, causal=causal)
     a[:, 4] = mask[:, None, :] * mask[:, :, None].float()  # uniform rows: no variance, r := 0
     a[:, 4] /= a[:, 4].sum(-1, keepdim=True).clamp_min(1e-12)
-    fast = token_metric_means(a, mask, TOKEN_METRICS, backend="native")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = token_metric_means(a, mask, TOKEN_METRICS, backend="native")
+    finally:
+        torch.set_num_threads(before)
     slow = token_metric_means(a, mask, TOKEN_METRICS, backend="torch")
     for m in TOKEN_METRICS:
         assert fast[m].shape == (4, 7, 7) and torch.equal(fast[m], fast[m].transpose(1, 2))
