@@ -64,10 +64,11 @@ class CaptureBatch:
     def heads(self) -> torch.Tensor:
         """All heads stacked, padded query rows zeroed: [batch, N, q, k] float32.
 
-        Computed once per batch and shared by every scorer. The memory is laid out
-        [batch, q, N, k] and the result is a transposed view of it: all heads' rows of
-        one query sit together, which is what the per-query products of head_types and
-        sieve_roles read (heads_by_query, no copy) and what keeps a block of queries of
+        Computed once per batch, into a buffer reused across batches, and shared by
+        every scorer. The memory is laid out [batch, q, N, k] and the result is a
+        transposed view of it: all heads' rows of one query sit together, which is what
+        the per-query products of head_types and sieve_roles read
+        (``heads().transpose(1, 2)`` is contiguous) and what keeps a block of queries of
         every head in cache for the pairwise distances."""
         if "heads" not in self._cache:
             layers = [a for a in self.attentions if a.shape[1] > 0]
@@ -82,10 +83,6 @@ class CaptureBatch:
                 store.mul_(self.attention_mask[:, :, None, None].to(store.dtype))  # padded query rows -> 0
             self._cache["heads"] = store.transpose(1, 2)
         return self._cache["heads"]
-
-    def heads_by_query(self) -> torch.Tensor:
-        """heads() as [batch, q, N, k], contiguous: per query, a matrix of all heads' rows."""
-        return self.heads().transpose(1, 2)
 
 
 class Scorer:

@@ -32,7 +32,8 @@ def head_metric_sums(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     a: [batch, N, q, k] attention of all N heads, rows of padded queries zero; for causal
     models each row is a distribution over its prefix and zero beyond it, the same zero
     padding for every head, so the rows compare key by key.
-    mask: [batch, q] 1 at real tokens.
+    mask: [batch, q] 1 at real tokens; also the key padding (padded keys get no
+    attention, so the JS kernel skips them).
     """
     return js_distance_sums(a, mask.float(), mask).sum(0)
 
