@@ -15,7 +15,8 @@
    Layout: attention a[b][head][q][k] with strides (sb, sh, sq) in floats, keys
    contiguous. Only keys in [kspan[2b], kspan[2b+1]) are read: every real key of
    sequence b lies there, and the rest are padding with probability 0 in every row,
-   whose terms are exactly 0. Query rows with weight (or scale) 0 are skipped.
+   whose terms are exactly 0. Query rows with weight 0 are skipped by the JS loops;
+   in Gram panels rows with scale 0 are zero-filled, so they add nothing.
 
    Every probability is raised by EPS before its log is taken, in the single-row
    entropies and in the mixtures alike, so log never sees 0 and the two agree on
