@@ -52,7 +52,13 @@ def _mean_gram(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     1/n of the sequence and is applied to the N x N result, not to every row."""
     flat = x.flatten(2)  # [batch, N, q*k]
     n = mask.sum(1).clamp_min(1).to(x.dtype)[:, None, None]  # [batch, 1, 1]
-    return (flat @ flat.transpose(1, 2)) / n
+    return _mirror(flat @ flat.transpose(1, 2)) / n
+
+
+def _mirror(g: torch.Tensor) -> torch.Tensor:
+    """(G + G^T) / 2: exactly symmetric whatever order a BLAS kernel summed G[i, j] and
+    G[j, i] in (they may round differently with threads or vector widths)."""
+    return (g + g.transpose(-1, -2)) / 2
 
 
 def cosine_similarity(a: torch.Tensor, mask: torch.Tensor, sumsq: torch.Tensor | None = None) -> torch.Tensor:
@@ -199,7 +205,9 @@ def token_metric_means(
         if "correlation" in out:
             # subtract sum_q w c_i c_j (o_i + o_j), as matrix products over q
             cb, wco = c.transpose(0, 1), (c * o * w[None]).transpose(0, 1)  # [batch, N, q]
-            out["correlation"] -= (wco @ cb.transpose(1, 2) + cb @ wco.transpose(1, 2)).float()
+            # one product and its transpose: exactly symmetric (two products may round apart)
+            half = wco @ cb.transpose(1, 2)  # [batch, N, N]
+            out["correlation"] -= (half + half.transpose(1, 2)).float()
     if "js" in metrics:
         out["js"] = js_distance_sums(a, w, mask, backend="native")
     return {m: out[m] for m in metrics}
@@ -267,7 +275,7 @@ def dcor_similarity(a: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     tot = d.sum((-2, -1), keepdim=True) / n.square()
     dc = (d - row - col + tot) * pair  # double-centred over the real block
     flat = dc.flatten(2)  # [batch, N, s*s]
-    cov = flat @ flat.transpose(1, 2) / n[:, :, :, 0].square()  # [batch, N, N] dCov^2
+    cov = _mirror(flat @ flat.transpose(1, 2)) / n[:, :, :, 0].square()  # [batch, N, N] dCov^2
     var = cov.diagonal(dim1=1, dim2=2).clamp_min(0)  # [batch, N]
     denom = (var[:, :, None] * var[:, None, :]).sqrt()
     r2 = torch.where(denom > _EPS, cov / denom.clamp_min(_EPS), torch.zeros_like(cov))

@@ -6,11 +6,22 @@ entropy costs ~3x a forward pass in PyTorch, ~0.7x here), and cosine, Pearson an
 Bhattacharyya as register-tiled Gram matrices that scale rows while copying cache-sized
 panels instead of materializing scaled copies of the attention maps. Everything here is
 optional: without a C compiler, or with COMPRESSOR_NATIVE=0, callers get None and use
-their PyTorch path (same numbers, tested), with one warning. $CC picks the compiler.
+their PyTorch path (same numbers within float32 rounding, tested), with one warning.
+$CC picks the compiler.
 
-The library is built once per source, compiler and CPU (it targets the host's vector
-instructions) into ~/.cache/compressor/native (or $COMPRESSOR_CACHE/native), written
-under a temporary name and renamed, so concurrent first uses cannot load half a file.
+Portability: the library is never built for "this CPU" (-march=native). It is built for
+one of a few fixed instruction-set levels (ISA_LEVELS: x86-64 baseline SSE2, AVX2 + FMA,
+AVX-512), chosen at run time as the best level the CPU reports, so a cached binary runs
+on any CPU of its level and what the tests checked on one machine is the same code on
+another. COMPRESSOR_NATIVE_ISA=baseline|avx2|avx512 forces a level (the tests run every
+level the CPU has); a forced level the CPU lacks is refused with a warning.
+
+Cache: ~/.cache/compressor/native (or $COMPRESSOR_CACHE/native), created private (0700)
+and used only when it is owned by this user and writable by no one else. A library is
+named by a hash of the source, the compiler's version, the flags and the level; it is
+written under a temporary name with a SHA-256 sidecar, renamed into place (concurrent
+first uses cannot load half a file), and its digest is checked before every load: a
+file that does not match is rebuilt, never loaded.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -30,17 +42,62 @@ from pathlib import Path
 import torch
 
 _SOURCE = Path(__file__).with_name("heads_kernel.c")
-# Tried in order; the first that compiles wins (a compiler that rejects a flag falls
-# through). -fopenmp-simd honours the kernel's `omp simd` reductions without linking an
-# OpenMP runtime (torch brings its own, and two would oversubscribe the cores). 512-bit
-# vectors measured 1.2x faster than gcc's 256-bit default on an AVX-512 Xeon.
-_FLAG_SETS = (
-    ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-fno-math-errno"],
-    ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],
-    ["-O3", "-fopenmp-simd", "-fno-math-errno"],
+# -fopenmp-simd honours the kernel's `omp simd` reductions without linking an OpenMP
+# runtime (torch brings its own, and two would oversubscribe the cores).
+_COMMON = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC"]
+# Instruction-set levels, best first: (name, compiler flags, CPU flags it needs from
+# /proc/cpuinfo). 512-bit vectors measured 1.2x faster than gcc's 256-bit default on an
+# AVX-512 Xeon. Only the named extensions are enabled, so a level runs on every CPU that
+# reports its flags (no -march, which would also tune for and assume one CPU model).
+_X86_LEVELS = (
+    ("avx512", ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma",
+                "-mprefer-vector-width=512"], {"avx512f", "avx512vl", "avx512bw", "avx512dq", "avx2", "fma"}),
+    ("avx2", ["-mavx2", "-mfma"], {"avx2", "fma"}),
+    ("baseline", [], set()),
 )
+_OTHER_LEVELS = (("baseline", [], set()),)  # e.g. aarch64: NEON is part of the base ISA
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+
+
+def isa_levels() -> tuple[tuple[str, list[str], set[str]], ...]:
+    return _X86_LEVELS if platform.machine().lower() in ("x86_64", "amd64") else _OTHER_LEVELS
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":")[0].strip() in ("flags", "Features"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def supported_isas() -> list[str]:
+    """The levels this CPU can run, best first ("baseline" always)."""
+    flags = _cpu_flags()
+    if flags is None:  # no /proc/cpuinfo: ask torch's own dispatcher what it found
+        cap = torch.backends.cpu.get_cpu_capability().upper()
+        flags = {"avx512f", "avx512vl", "avx512bw", "avx512dq", "avx2", "fma"} if "AVX512" in cap else (
+            {"avx2", "fma"} if "AVX2" in cap else set())
+    return [name for name, _, need in isa_levels() if need <= flags]
+
+
+def selected_isa() -> str:
+    """The level used: COMPRESSOR_NATIVE_ISA when set (and supported), else the best one."""
+    have = supported_isas()
+    forced = os.environ.get("COMPRESSOR_NATIVE_ISA", "").strip().lower()
+    if not forced:
+        return have[0]
+    known = [name for name, _, _ in isa_levels()]
+    if forced not in known:
+        raise RuntimeError(f"COMPRESSOR_NATIVE_ISA={forced!r} is not a level of this architecture "
+                           f"({', '.join(known)})")
+    if forced not in have:
+        raise RuntimeError(f"COMPRESSOR_NATIVE_ISA={forced} needs CPU features this CPU lacks "
+                           f"(it supports {', '.join(have)})")
+    return forced
 
 
 def cache_dir() -> Path:
@@ -48,47 +105,76 @@ def cache_dir() -> Path:
     return Path(root) / "native" if root else Path.home() / ".cache" / "compressor" / "native"
 
 
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU's model and feature flags."""
+def _private_dir() -> Path:
+    """The cache folder, created 0700; refused (RuntimeError) unless it is a real folder
+    owned by this user that nobody else can write to."""
+    d = cache_dir()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeError(f"kernel cache {d} is not a folder")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise RuntimeError(f"kernel cache {d} belongs to another user")
+    if st.st_mode & 0o022:
+        raise RuntimeError(f"kernel cache {d} is writable by other users (chmod 700 it)")
+    if st.st_mode & 0o077:  # e.g. made by an older version under the umask: ours, so make it private
+        os.chmod(d, 0o700)
+    return d
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verified(target: Path) -> bool:
+    """True when ``target`` exists, is a plain file and matches its SHA-256 sidecar."""
+    sidecar = target.with_name(target.name + ".sha256")
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
-        return "\n".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor()
+        if not stat.S_ISREG(os.lstat(target).st_mode):
+            return False
+        return sidecar.read_text().strip() == _digest(target)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
-def _compile(compiler: str) -> Path:
+def _compile(compiler: str, level: str) -> Path:
+    flags = next(f for name, f, _ in isa_levels() if name == level)
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     source = _SOURCE.read_bytes()
-    errors = []
-    for flags in _FLAG_SETS:
-        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
-                                          platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
-        target = cache_dir() / f"heads_kernel-{key}.so"
-        if target.exists():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            run = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", tmp, str(_SOURCE)],
-                                 capture_output=True, text=True, timeout=120)
-            if run.returncode == 0:
-                os.replace(tmp, target)
-                return target
-            errors.append(f"{' '.join(flags)}: {run.stderr.strip().splitlines()[-1:] or run.returncode}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    raise RuntimeError("; ".join(errors))
+    all_flags = [*_COMMON, *flags]
+    key = hashlib.sha256(b"\0".join([source, " ".join(all_flags).encode(), version.encode(),
+                                      platform.machine().encode(), level.encode()])).hexdigest()[:16]
+    folder = _private_dir()
+    target = folder / f"heads_kernel-{level}-{key}.so"
+    if _verified(target):
+        return target
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+    os.close(fd)
+    try:
+        run = subprocess.run([compiler, *all_flags, "-o", tmp, str(_SOURCE)], capture_output=True, text=True,
+                             timeout=120)
+        if run.returncode != 0:
+            raise RuntimeError(f"{compiler} {' '.join(all_flags)}: "
+                               f"{(run.stderr.strip().splitlines() or [str(run.returncode)])[-1]}")
+        digest = _digest(Path(tmp))
+        side_fd, side_tmp = tempfile.mkstemp(suffix=".sha256", dir=folder)
+        with os.fdopen(side_fd, "w") as f:
+            f.write(digest + "\n")
+        os.replace(side_tmp, target.with_name(target.name + ".sha256"))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if not _verified(target):  # replaced concurrently by a different build: refuse it
+        raise RuntimeError(f"kernel {target} does not match its digest")
+    return target
 
 
-def _load() -> ctypes.CDLL:
+def _load(level: str) -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not compiler:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    lib = ctypes.CDLL(str(_compile(compiler)))
+    lib = ctypes.CDLL(str(_compile(compiler, level)))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.row_entropies.argtypes = [p, i64, i64, i64, i64, i64, p, p, i64, i64, p]
     lib.row_entropies.restype = None
@@ -102,18 +188,28 @@ def _load() -> ctypes.CDLL:
 
 
 def heads_library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None (disabled, or it could not be built: warned once)."""
+    """The compiled kernel for the selected instruction-set level, or None (disabled, or
+    it could not be built: warned once per level)."""
     if os.environ.get("COMPRESSOR_NATIVE", "1") == "0":
         return None
     with _lock:
-        if "lib" not in _state:
+        try:
+            level = selected_isa()
+        except RuntimeError as err:
+            if "lib:bad-isa" not in _state:
+                _state["lib:bad-isa"] = None
+                warnings.warn(f"native head-distance kernel unavailable ({err}); using the PyTorch path",
+                              RuntimeWarning, stacklevel=3)
+            return None
+        name = f"lib:{level}"
+        if name not in _state:
             try:
-                _state["lib"] = _load()
+                _state[name] = _load(level)
             except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-                _state["lib"] = None
+                _state[name] = None
                 warnings.warn(f"native head-distance kernel unavailable ({err}); using the PyTorch "
                               "path (Jensen-Shannon about 3x slower)", RuntimeWarning, stacklevel=3)
-        return _state["lib"]  # type: ignore[return-value]
+        return _state[name]  # type: ignore[return-value]
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -16,7 +16,6 @@ from compressor.cli import main
 from compressor.data.calibration import calibration_batches
 from compressor.models import load_tokenizer
 from compressor.recipe import CalibrationConfig
-from tests.conftest import SHARED
 
 pytestmark = pytest.mark.integration
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -84,12 +83,12 @@ def test_obce50_recipe_end_to_end(tmp_path):
                                    atol=0, rtol=0)
 
 
-def test_real_text_calibration_sources(tokenizer, minilm):
-    wiki = SHARED / "wikitext-2" / "valid.txt"
+def test_real_text_calibration_sources(tokenizer, minilm, shared_data):
+    wiki = shared_data / "wikitext-2" / "valid.txt"
     cfg = CalibrationConfig(source="text_file", path=str(wiki), num_sequences=40, batch_size=16, max_length=64)
     batches = calibration_batches(cfg, tokenizer, minilm.config, 0)
     assert sum(len(b.input_ids) for b in batches) == 40
-    cfg = CalibrationConfig(source="glue", task="mrpc", data_dir=str(SHARED / "glue"), split="dev",
+    cfg = CalibrationConfig(source="glue", task="mrpc", data_dir=str(shared_data / "glue"), split="dev",
                             num_sequences=30, batch_size=16, max_length=128)
     batches = calibration_batches(cfg, tokenizer, minilm.config, 0)
     assert sum(len(b.input_ids) for b in batches) == 30
@@ -97,13 +96,13 @@ def test_real_text_calibration_sources(tokenizer, minilm):
     assert all(((b.input_ids == tokenizer.sep_token_id).sum(1) == 2).all() for b in batches)
 
 
-def test_head_scorers_on_real_text(minilm, tokenizer):
+def test_head_scorers_on_real_text(minilm, tokenizer, shared_data):
     """The three head scorers on MiniLM over SST-2 sentences, syntactic sieves included."""
     from compressor.capture import run_capture
     from compressor.scorers import SCORERS, ScoringContext
 
     a = adapter_for(minilm)
-    cfg = CalibrationConfig(source="glue", task="sst2", data_dir=str(SHARED / "glue"), split="dev",
+    cfg = CalibrationConfig(source="glue", task="sst2", data_dir=str(shared_data / "glue"), split="dev",
                             num_sequences=48, batch_size=16, max_length=64)
     batches = calibration_batches(cfg, tokenizer, minilm.config, 0)
     scorers = [SCORERS.get("redundancy")(metrics=["js", "cosine"], ratio=0.5),
@@ -125,14 +124,14 @@ def test_head_scorers_on_real_text(minilm, tokenizer):
     assert np.abs(np.array(ex["mean_bias"])[:, syn]).sum() > 0
 
 
-def test_sst2_finetune_prune_recover_and_onnx_metric(tmp_path):
+def test_sst2_finetune_prune_recover_and_onnx_metric(tmp_path, shared_data):
     """A short real run of the recipe stages on SST-2: fine-tune, prune heads and neurons,
     recover with distillation, export; PyTorch and ONNX must score the same on all of dev."""
     from compressor.pipeline import run_recipe
     from compressor.recipe import parse_recipe
 
     recipe = parse_recipe({
-        "task": {"name": "sst2", "data_dir": str(SHARED / "glue"), "max_length": 48, "train_examples": 1600},
+        "task": {"name": "sst2", "data_dir": str(shared_data / "glue"), "max_length": 48, "train_examples": 1600},
         "finetune": {"base": {"max_steps": 50, "lr": 1e-4}, "recovery": {"max_steps": 10, "lr": 5e-5, "distill": {}}},
         "calibration": {"source": "glue", "num_sequences": 64, "max_length": 48},
         "scorers": ["magnitude", "persistence"],

@@ -16,7 +16,7 @@ from compressor.evaluate.metrics import glue_metrics
 from compressor.finetune import distillation_loss, finetune
 from compressor.recipe import DistillConfig, FinetuneConfig
 from compressor.task_head import check_head, with_task_head
-from tests.conftest import SHARED, WORDS, tiny_model, tiny_tokenizer
+from tests.conftest import WORDS, tiny_model, tiny_tokenizer
 
 POS, NEG = ["good", "great"], ["bad", "awful"]
 
@@ -89,13 +89,13 @@ def test_every_task_reads_its_original_layout(tmp_path, name):
     assert split.labels.dtype == (np.float32 if name == "stsb" else np.int64)
 
 
-def test_real_glue_files():
-    sst = load_glue("sst2", str(SHARED / "glue"), "dev")
+def test_real_glue_files(shared_data):
+    sst = load_glue("sst2", str(shared_data / "glue"), "dev")
     assert len(sst) == 872 and set(sst.labels.tolist()) == {0, 1}
-    mrpc = load_glue("MRPC", str(SHARED / "glue"), "dev")
+    mrpc = load_glue("MRPC", str(shared_data / "glue"), "dev")
     assert len(mrpc) == 408 and all(len(t) == 2 for t in mrpc.texts)
     assert int(mrpc.labels.sum()) == 279  # the published dev split: 279 paraphrases of 408
-    assert any('"' in a or '"' in b for a, b in load_glue("mrpc", str(SHARED / "glue"), "train").texts)
+    assert any('"' in a or '"' in b for a, b in load_glue("mrpc", str(shared_data / "glue"), "train").texts)
 
 
 def test_bad_data_names_what_is_wrong(tmp_path, glue_dir):

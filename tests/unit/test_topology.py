@@ -154,7 +154,7 @@ def test_topology_scorer_in_a_recipe(tmp_path, tiny_gpt2_dir):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (`make browser` installs it)")
 def test_report_renders_in_headless_chromium(tmp_path, tiny_bert_dir):
     from compressor.pipeline import run_recipe
     from compressor.recipe import parse_recipe
