@@ -4,19 +4,23 @@
 #   make test-fast  - the unit suite only (tiny random models, about a minute)
 #   make browser    - install Debian's Chromium (asks nothing, says what it does), so the
 #                     report rendering test runs instead of skipping; CI calls it
+#   make compat PY=python3.13 - the unit suite on another Python (3.10-3.13), installed
+#                     from pyproject's ranges into .venv-python3.13 (no lock; pip takes a
+#                     CUDA build of torch there: several GB, minutes)
+#   make lock       - rewrite constraints.txt from a fresh install of pyproject's ranges
 # Nothing here installs system packages unless you call `make browser`.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench install browser clean
+.PHONY: demo test test-fast bench install browser clean compat lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first, pinned: the CPU wheel; letting a resolver pick it pulls CUDA packages.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[model,test,cpu,syntax]'
+	# torch first, from the lock: the CPU wheel; letting a resolver pick it pulls CUDA packages.
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -44,5 +48,24 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/pipeline.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/persistence.py
 
+# Another Python: pyenv's shim when it answers, else pyenv's install of that version.
+PY ?= python3.13
+COMPAT := .venv-$(notdir $(PY))
+compat:
+	@py=$$($(PY) -c 'import sys; print(sys.executable)' 2>/dev/null || ls $$HOME/.pyenv/versions/*/bin/$(PY) 2>/dev/null | head -1); \
+	test -n "$$py" || { echo "error: $(PY) not found (not on PATH, not under ~/.pyenv/versions)"; exit 2; }; \
+	echo "compat: $$py into $(COMPAT)"; \
+	test -x $(COMPAT)/bin/python || $$py -m venv $(COMPAT); \
+	$(COMPAT)/bin/pip install -q 'torch>=2.13,<2.14' && $(COMPAT)/bin/pip install -q -e '.[dev]' && \
+	HF_HUB_OFFLINE=1 $(COMPAT)/bin/python -m pytest -q -p no:cacheprovider -m "not integration" tests
+
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q torch==2.13.0 && .venv-lock/bin/pip install -q -e '.[dev]'
+	{ echo "# The lock: exact versions installed and tested together (Python 3.11, CPU)."; \
+	  echo "# make installs with -c constraints.txt; regenerate with 'make lock' after changing pyproject.toml."; \
+	  .venv-lock/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt
+	rm -rf .venv-lock
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-python3.* runs

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .arch.base import Adapter
 from .data.calibration import Batch
+from .progress import bar
 from .scorers.base import CaptureBatch, Scorer
 
 
@@ -60,7 +60,7 @@ def run_capture(
     model.eval()
     workspace: dict = {}  # buffers the batches share (CaptureBatch.buffer)
     try:
-        for batch in tqdm(batches, desc="capture", unit="batch", disable=not progress):
+        for batch in bar(batches, progress, desc="capture", unit="batch"):
             state["summary"] = summary_positions(adapter, batch.attention_mask)
             out = model(
                 input_ids=batch.input_ids,

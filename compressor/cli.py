@@ -17,6 +17,23 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _precheck(models: tuple[str, ...] = (), output: Path | None = None, overwrite: bool = False,
+              files: tuple[Path, ...] = ()) -> list[str]:
+    """What can be checked before torch and transformers load (seconds on a busy
+    machine): model paths, input files and the output folder. Returns the resolved
+    models."""
+    from .model_paths import resolve_model
+    from .outputs import check_output
+
+    sources = [resolve_model(m) for m in models]
+    for f in files:
+        if not Path(f).expanduser().is_file():
+            raise CompressorError(f"file not found: {f}")
+    if output is not None:
+        check_output(output, overwrite, protect=[Path(s) for s in sources if Path(s).exists()])
+    return sources
+
+
 class _Group(click.Group):
     """Turns user errors raised anywhere below into one line and exit code 2."""
 
@@ -61,12 +78,17 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
     if recipe is None:
         click.echo(ctx.get_help())
         return
-    from .pipeline import default_output, run_recipe
-    from .recipe import load_recipe, with_calibration_text
+    from .recipe import default_output, load_recipe, with_calibration_text
 
+    # the recipe, paths and output are checked before torch is imported: a typo answers at once
     r = load_recipe(recipe)
     if calibration_text is not None:
         r = with_calibration_text(r, str(calibration_text))
+    if r.calibration.source == "text_file" and not Path(r.calibration.path).expanduser().is_file():
+        raise CompressorError(f"calibration text file not found: {Path(r.calibration.path).expanduser()}")
+    _precheck((model or r.model,), output if output is not None else default_output(r), overwrite)
+    from .pipeline import run_recipe
+
     metrics = run_recipe(r, output=output, overwrite=overwrite, model=model, progress=not quiet)
     out = output if output is not None else default_output(r)
     b, a = metrics["before"], metrics["after"]
@@ -92,11 +114,16 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
 @click.option("--plan", "plan", required=True, type=click.Path(dir_okay=False, path_type=Path), help="plan.json to replay.")
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the pruned model.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
-def prune(model, plan, output, overwrite):
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def prune(model, plan, output, overwrite, quiet):
     """Replay a saved pruning plan on a model."""
+    from .types import PruningPlan
+
+    _precheck((model,), output, overwrite, (plan,))
+    PruningPlan.load(plan)  # a malformed plan fails before the model loads
     from .pipeline import run_plan
 
-    res = run_plan(model, plan, output, overwrite)
+    res = run_plan(model, plan, output, overwrite, progress=not quiet)
     click.echo(f"parameters {res['before']['parameters']:,} -> {res['after']['parameters']:,}; wrote {output}/")
 
 
@@ -107,14 +134,17 @@ def prune(model, plan, output, overwrite):
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write a dynamic int8 graph.")
 @click.option("--atol", type=float, default=1e-4, show_default=True, help="Max |onnx - torch| for fp32 graphs.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
-def export(model, output, optimize, quantize, atol, overwrite):
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def export(model, output, optimize, quantize, atol, overwrite, quiet):
     """Export to ONNX, check parity with PyTorch, optimize and quantize for ONNX Runtime."""
-    from .pipeline import run_export
     from .recipe import ExportConfig
 
     if atol < 0:
         raise CompressorError(f"--atol must be >= 0; got {atol}")
-    res = run_export(model, output, ExportConfig(optimize=optimize, quantize=quantize, atol=atol), overwrite)
+    _precheck((model,), output, overwrite)
+    from .pipeline import run_export
+    res = run_export(model, output, ExportConfig(optimize=optimize, quantize=quantize, atol=atol), overwrite,
+                     progress=not quiet)
     parity = ", ".join(f"{k} {v:.2g}" for k, v in res.parity.items())
     fused = "" if not res.fused_attention else f"; fused attention heads per layer {res.fused_attention}"
     click.echo(f"max |onnx - torch|: {parity}{fused}")
@@ -147,13 +177,13 @@ def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
     """Latency: PyTorch vs ONNX Runtime fp32 vs int8, median and p90 per batch x sequence."""
     import json
 
-    from .evaluate.latency import Subject, benchmark
-    from .models import load_model
-
     if model is None and onnx_dir is None:
         raise CompressorError("give --model, --onnx or both")
     if onnx_dir is not None and not onnx_dir.is_dir():
         raise CompressorError(f"ONNX folder not found: {onnx_dir}")
+    _precheck((model,) if model is not None else ())
+    from .evaluate.latency import Subject, benchmark
+    from .models import load_model
     net = load_model(model, attn_implementation=None) if model is not None else None
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
     subject = Subject(model or str(onnx_dir), net, onnx_dir)
@@ -183,13 +213,18 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
             seed, overwrite, quiet):
     """Topology of attention heads: the sqrt-JS head metric D, persistence barcodes, and
     the bottleneck/Wasserstein distance between two models' diagrams."""
-    from .analyze import analyze as run_analyze
     from .recipe import CalibrationConfig
 
     if len(models) > 2:
         raise CompressorError(f"give --model once or twice; got {len(models)}")
     if calibration_text is not None and task is not None:
         raise CompressorError("give --calibration-text or --task, not both")
+    if task is not None:
+        from .data.glue import glue_task
+
+        glue_task(task)
+    _precheck(models, output, overwrite, (calibration_text,) if calibration_text else ())
+    from .analyze import analyze as run_analyze
     source = "text_file" if calibration_text else "glue" if task else "random_tokens"
     cfg = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
                             min_length=min(16, max_length), max_length=max_length,
@@ -223,12 +258,18 @@ def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_p
     """Score a model (PyTorch or ONNX) on a GLUE task with the task's metrics."""
     import json
 
-    from .data.glue import glue_task
-    from .evaluate.glue import eval_splits, runner_for, score_splits
+    from .data.glue import eval_splits, glue_task
+    from .model_paths import _looks_like_path
 
     glue_task(task)  # an unknown task fails before the model loads
+    if _looks_like_path(model) and not Path(model).expanduser().exists():
+        raise CompressorError(f"model path does not exist: {model}")
     splits = eval_splits(task, data_dir, split, limit)
-    runner = runner_for(model, attn_implementation=None)
+    from .evaluate.glue import runner_for, score_splits
+    from .progress import StageTimer
+
+    with StageTimer(not quiet)("load model"):
+        runner = runner_for(model, attn_implementation=None)
     res = score_splits(runner, splits, batch_size, max_length, progress=not quiet)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items())
     click.echo(f"{res.task} {res.split} ({runner.backend}, {res.examples} examples): {shown}")
@@ -264,11 +305,14 @@ def finetune(model, task, data_dir, output, max_steps, epochs, lr, batch_size, m
     Runs on a GPU when one is present; on several with:
     accelerate launch -m compressor.cli finetune ...
     """
-    from .pipeline import run_finetune
+    from .data.glue import glue_task
     from .recipe import DistillConfig, FinetuneConfig
 
     if max_steps is not None and epochs is not None:
         raise CompressorError("give --max-steps or --epochs, not both")
+    glue_task(task)
+    _precheck((model, *([teacher] if teacher else [])), output, overwrite)
+    from .pipeline import run_finetune
     cfg = FinetuneConfig(max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                          distill=DistillConfig(alpha, temperature) if teacher else None, diversity=diversity)
     res = run_finetune(model, task, data_dir, output, cfg, max_length, train_examples, teacher, overwrite,

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from .arch.base import adapter_for
 from .data.glue import GlueSplit
@@ -113,7 +113,7 @@ def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, 
     spread: list[float] = []
     seen = 0
     start = time.perf_counter()
-    bar = tqdm(total=steps, desc=f"fine-tune {task.name}", disable=not (progress and acc.is_local_main_process))
+    bar = progress_bar(total=steps, progress=progress and acc.is_local_main_process, desc=f"fine-tune {task.name}")
     while len(losses) < steps:
         for enc, y in loader:
             out = model(**enc, **fwd, output_attentions=cfg.diversity > 0)

@@ -28,9 +28,7 @@ import torch
 
 from .native import gram_sums, heads_library, js_pair_sums, row_stats
 
-TOKEN_METRICS = ("js", "cosine", "correlation", "bhattacharyya")
-SENTENCE_METRICS = ("dcor", "procrustes", "cca")
-METRICS = TOKEN_METRICS + SENTENCE_METRICS
+from .scorers.specs import METRICS, SENTENCE_METRICS, TOKEN_METRICS  # noqa: F401  (re-exported)
 _EPS = 1e-12
 # A row whose centred squared norm is below this share of its squared norm counts as
 # constant (Pearson r := 0): the centring cancels sum p^2 against ~1/L, and float32

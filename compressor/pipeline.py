@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,27 +24,13 @@ from .metrics import FLOPS_SEQ_LEN, encoder_flops_per_token
 from .models import load_model, load_tokenizer, model_summary, resolve_model, save_model
 from .outputs import atomic_output, check_output
 from .planning import make_plan
-from .recipe import ExportConfig, Recipe
+from .progress import StageTimer
+from .recipe import ExportConfig, Recipe, default_output
 from .report.html import render_report
 from .scorers import SCORERS, ScoringContext
 from .surgery.prune import apply_plan
 from .task_head import check_head
 from .types import PruningPlan
-
-
-class StageTimer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-def default_output(recipe: Recipe) -> Path:
-    return Path(recipe.output) if recipe.output else Path("runs") / recipe.name
 
 
 def _local_inputs(*names: str) -> list[Path]:
@@ -73,7 +57,7 @@ def run_recipe(
     source = resolve_model(model_name)  # a missing path fails before anything else
     check_output(output, overwrite, protect=_local_inputs(source))
     torch.manual_seed(recipe.seed)
-    timer = StageTimer()
+    timer = StageTimer(progress)
 
     with timer("load"):
         net = load_model(model_name, attn_implementation="eager")
@@ -230,23 +214,26 @@ def _export(net, tokenizer, folder: Path, cfg: ExportConfig):
                         atol=cfg.atol, opset=cfg.opset)
 
 
-def run_export(model_name: str, output: Path, cfg: ExportConfig, overwrite: bool = False):
+def run_export(model_name: str, output: Path, cfg: ExportConfig, overwrite: bool = False, progress: bool = False):
     """Export a model folder to ONNX; the output folder holds the graphs, config and tokenizer."""
     source = resolve_model(model_name)
     check_output(output, overwrite, protect=_local_inputs(source))
-    net = load_model(model_name, attn_implementation="eager")
-    tokenizer = load_tokenizer(model_name)
-    with atomic_output(output, overwrite) as tmp:
+    timer = StageTimer(progress)
+    with timer("load model"):
+        net = load_model(model_name, attn_implementation="eager")
+        tokenizer = load_tokenizer(model_name)
+    with atomic_output(output, overwrite) as tmp, timer("export, optimize and check parity"):
         result = _export(net, tokenizer, tmp, cfg)
     return result
 
 
-def run_plan(model_name: str, plan_path: Path, output: Path, overwrite: bool = False) -> dict:
+def run_plan(model_name: str, plan_path: Path, output: Path, overwrite: bool = False, progress: bool = False) -> dict:
     """Replay a saved plan on a model; the output folder is the pruned model."""
     source = resolve_model(model_name)
     plan = PruningPlan.load(plan_path)
     check_output(output, overwrite, protect=_local_inputs(source))
-    net = load_model(model_name, attn_implementation=None)
+    with StageTimer(progress)("load model"):
+        net = load_model(model_name, attn_implementation=None)
     plan.validate(adapter_for(net).layout())
     tokenizer = load_tokenizer(model_name)
     before = _size_summary(net)
@@ -270,10 +257,11 @@ def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path,
     protect = _local_inputs(source, *([resolve_model(teacher)] if teacher else []))
     check_output(output, overwrite, protect=protect)
     train = load_glue(task, data_dir, "train").subset(train_examples, cfg.seed)
-    # the diversity term reads attention maps, which only the eager implementation returns
-    net = load_model(model_name, attn_implementation="eager" if cfg.diversity > 0 else None)
-    tokenizer = load_tokenizer(model_name)
-    teacher_net = load_model(teacher, attn_implementation=None) if teacher else None
+    with StageTimer(progress)("load model"):
+        # the diversity term reads attention maps, which only the eager implementation returns
+        net = load_model(model_name, attn_implementation="eager" if cfg.diversity > 0 else None)
+        tokenizer = load_tokenizer(model_name)
+        teacher_net = load_model(teacher, attn_implementation=None) if teacher else None
     net, res = finetune(net, tokenizer, train, cfg, max_length, teacher=teacher_net, progress=progress)
     from accelerate import PartialState
 

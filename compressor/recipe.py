@@ -259,19 +259,20 @@ def _check_calibration(data: Any) -> CalibrationConfig:
 
 
 def _check_scorers(data: list | None) -> tuple[ScorerConfig, ...]:
-    from .scorers import SCORERS
+    from .scorers.specs import scorer_names, scorer_spec
 
     out = []
     for i, entry in enumerate(data or []):
         if isinstance(entry, str):
             entry = {"name": entry}
         d = check_mapping(entry, SCORER_ENTRY, f"scorers[{i}]")
-        if d["name"] not in SCORERS:
+        spec = scorer_spec(d["name"])
+        if spec is None:
             raise RecipeError(
                 f"recipe field 'scorers[{i}].name' names unknown scorer '{d['name']}'; "
-                f"available: {', '.join(SCORERS.names())}"
+                f"available: {', '.join(scorer_names())}"
             )
-        params = SCORERS.get(d["name"]).check_params(d["params"] or {}, f"scorers[{i}].params")
+        params = spec.check_params(d["params"] or {}, f"scorers[{i}].params")
         out.append(ScorerConfig(d["name"], params, frozenset(d["params"] or {})))
     names = [s.name for s in out]
     dup = {n for n in names if names.count(n) > 1}
@@ -281,9 +282,9 @@ def _check_scorers(data: list | None) -> tuple[ScorerConfig, ...]:
 
 
 def _pick_scorer(target_field: str, wanted: str | None, kind: str, scorers: tuple[ScorerConfig, ...]) -> str:
-    from .scorers import SCORERS
+    from .scorers.specs import scorer_spec
 
-    able = [s.name for s in scorers if kind in SCORERS.get(s.name).produces]
+    able = [s.name for s in scorers if kind in scorer_spec(s.name).produces]
     if wanted is not None:
         if wanted not in able:
             raise RecipeError(
@@ -302,9 +303,9 @@ def _pick_scorer(target_field: str, wanted: str | None, kind: str, scorers: tupl
 def _follow_head_ratio(s: ScorerConfig, heads: HeadTarget) -> ScorerConfig:
     """Scorers that prune by clustering need the head ratio; unless the recipe set their
     own, they take targets.heads.ratio, so one number drives both."""
-    from .scorers import SCORERS
+    from .scorers.specs import scorer_spec
 
-    if s.name != heads.scorer or "ratio" in s.given or not getattr(SCORERS.get(s.name), "follows_head_ratio", False):
+    if s.name != heads.scorer or "ratio" in s.given or not scorer_spec(s.name).follows_head_ratio:
         return s
     return dataclasses.replace(s, params={**s.params, "ratio": heads.ratio})
 
@@ -362,6 +363,10 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         finetune_recovery=recovery,
         evaluate=evaluate,
     )
+
+
+def default_output(recipe: Recipe) -> Path:
+    return Path(recipe.output) if recipe.output else Path("runs") / recipe.name
 
 
 def with_calibration_text(recipe: Recipe, path: str) -> Recipe:

@@ -9,8 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from .arch.base import Layout
+from typing import TYPE_CHECKING
+
 from .errors import PlanError
+
+if TYPE_CHECKING:  # the architectures import torch; a plan is read without it
+    from .arch.base import Layout
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,8 @@ class PruningPlan:
                     )
 
     def kept_layout(self, layout: Layout) -> Layout:
+        from .arch.base import Layout
+
         return Layout(
             tuple(h - len(self.heads.get(i, ())) for i, h in enumerate(layout.heads_per_layer)),
             tuple(f - len(self.neurons.get(i, ())) for i, f in enumerate(layout.ffn_per_layer)),

@@ -218,3 +218,11 @@ def load_glue(task_name: str, data_dir: str | None, split: str, labels: bool = T
 def glue_texts(task_name: str, data_dir: str | None, split: str) -> list[tuple[str, ...]]:
     """Text fields (one or two per example) of a GLUE split, for calibration."""
     return load_glue(task_name, data_dir, split, labels=False).texts
+
+
+def eval_splits(task_name: str, data_dir: str | None, split: str = "dev", limit: int | None = None,
+                seed: int = 0) -> list[GlueSplit]:
+    """The labelled splits a task is scored on: MNLI's dev means matched and mismatched."""
+    task = glue_task(task_name)
+    names = task.dev_splits if split in ("dev", "validation") else (split,)
+    return [load_glue(task.name, data_dir, sp).subset(limit, seed) for sp in names]

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..arch.base import adapter_for
-from ..data.glue import GlueSplit, GlueTask, glue_task, load_glue
+from ..data.glue import GlueSplit, GlueTask, eval_splits, glue_task, load_glue  # noqa: F401  (eval_splits re-exported)
 from ..errors import CompressorError
+from ..progress import bar
 from .metrics import glue_metrics, predictions
 
 
@@ -123,20 +123,12 @@ def score_split(runner, data: GlueSplit, batch_size: int = 64, max_length: int =
     order = np.argsort(-lengths, kind="stable")
     chunks = []
     starts = range(0, len(order), batch_size)
-    for s in tqdm(starts, desc=f"{data.task.name} {data.split} ({runner.name})", disable=not progress, leave=False):
+    for s in bar(starts, progress, desc=f"{data.task.name} {data.split} ({runner.name})", leave=False):
         idx = order[s : s + batch_size]
         chunks.append(runner.logits([data.texts[i] for i in idx], max_length))
     logits = np.empty((len(order),) + chunks[0].shape[1:], dtype=np.float32)
     logits[order] = np.concatenate(chunks)
     return glue_metrics(data.task, predictions(data.task, logits), data.labels), logits
-
-
-def eval_splits(task_name: str, data_dir: str | None, split: str = "dev", limit: int | None = None,
-                seed: int = 0) -> list[GlueSplit]:
-    """The labelled splits a task is scored on: MNLI's dev means matched and mismatched."""
-    task = glue_task(task_name)
-    names = task.dev_splits if split in ("dev", "validation") else (split,)
-    return [load_glue(task.name, data_dir, sp).subset(limit, seed) for sp in names]
 
 
 def score_splits(runner, splits: list[GlueSplit], batch_size: int = 64, max_length: int = 128,

@@ -106,7 +106,7 @@ def require_ort():
         import onnxruntime
     except ImportError:
         raise CompressorError(
-            "ONNX Runtime is not installed: pip install 'compressor[cpu]' (or [gpu] on a CUDA machine; not both)"
+            "ONNX Runtime is not installed: pip install 'compressor[onnx]' (or [gpu] on a CUDA machine; not both)"
         ) from None
     return onnxruntime
 
@@ -162,6 +162,19 @@ def optimize(raw: Path, out: Path, model_type: str) -> None:
     opt.save_model_to_file(str(out))
 
 
+@contextlib.contextmanager
+def _chdir(path: str):
+    """contextlib.chdir, which Python 3.10 lacks."""
+    import os
+
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def quantize_int8(src: Path, out: Path) -> list[str]:
     """Dynamic int8 weights. quant_pre_process (shape inference) is tried first and
     skipped if it fails, as it can with "Incomplete symbolic shape inference" or on
@@ -176,7 +189,7 @@ def quantize_int8(src: Path, out: Path) -> list[str]:
         pre = out.with_name("preprocessed.onnx").resolve()
         # On failure, ORT's symbolic shape inference dumps sym_shape_infer_temp.onnx and a
         # <uuid>.data file into the working directory; give it a scratch one.
-        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        with tempfile.TemporaryDirectory() as scratch, _chdir(scratch):
             quant_pre_process(str(Path(src).resolve()), str(pre), skip_symbolic_shape=False)
         source = pre
     except Exception as e:  # any failure here only costs the pre-processing

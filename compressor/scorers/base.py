@@ -17,8 +17,9 @@ from torch import nn
 
 from ..arch.base import Adapter, Layout, is_conv1d
 from ..registry import Registry
-from ..schema import Field, check_mapping
+from ..schema import Field
 from ..types import Scores
+from .specs import SPECS, ScorerSpec
 
 
 @dataclass
@@ -86,14 +87,32 @@ class CaptureBatch:
 
 
 class Scorer:
+    """A built-in scorer sets only ``name``: its needs, products and parameters come from
+    its ScorerSpec in specs.py (readable without torch). A plug-in sets them here."""
+
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"attentions", "ffn_summary"}
     produces: ClassVar[frozenset[str]] = frozenset()  # subset of {"heads", "neurons"}
     params: ClassVar[dict[str, Field]] = {}
+    spec: ClassVar[ScorerSpec]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name is None:
+            return
+        if name in SPECS:
+            spec = SPECS[name]
+            cls.needs, cls.produces, cls.params = spec.needs, spec.produces, spec.params
+            cls.follows_head_ratio = spec.follows_head_ratio
+        else:
+            spec = ScorerSpec(name, cls.__module__, frozenset(cls.produces), frozenset(cls.needs), dict(cls.params),
+                              bool(getattr(cls, "follows_head_ratio", False)))
+        cls.spec = spec
 
     @classmethod
     def check_params(cls, data: dict[str, Any], path: str) -> dict[str, Any]:
-        return check_mapping(data, cls.params, path)
+        return cls.spec.check_params(data, path)
 
     def __init__(self, **params: Any) -> None:
         self.p = self.check_params(params, f"scorers.{self.name}.params")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..schema import Field
 from ..types import HeadScores, NeuronScores, Scores
 from .base import Scorer, register_scorer, weight_out_in
 
@@ -18,7 +17,6 @@ class MagnitudeScorer(Scorer):
     """
 
     name = "magnitude"
-    produces = frozenset({"heads", "neurons"})
 
     def finish(self) -> Scores:
         a, layout = self.ctx.adapter, self.ctx.layout
@@ -47,8 +45,6 @@ class RandomScorer(Scorer):
     """Uniform random scores from the recipe's seed: the floor any method should clear."""
 
     name = "random"
-    produces = frozenset({"heads", "neurons"})
-    params = {"seed": Field("int", None, lo=0, nullable=True, help="defaults to the recipe seed")}
 
     def finish(self) -> Scores:
         layout = self.ctx.layout

@@ -20,19 +20,15 @@ the one its type-mates replace best.
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import RecipeError
-from ..schema import Field
 from ..types import HeadScores, Scores
 from .base import CaptureBatch, Scorer, delimiter_ids, per_layer, register_scorer, token_id
 
 WINDOWS = 16
 FEATURES = ["cls", "sep", "comma", "period", "self"] + [f"window{i}" for i in range(WINDOWS)]
-TYPE_NAMES = ("vertical", "diagonal", "dense", "dense+vertical")
 
 
 def key_categories(input_ids: torch.Tensor, mask: torch.Tensor, special: dict[str, int]) -> torch.Tensor:
@@ -86,23 +82,6 @@ def name_clusters(centroids: np.ndarray) -> list[str]:
 @register_scorer
 class HeadTypesScorer(Scorer):
     name = "head_types"
-    needs = frozenset({"attentions"})
-    produces = frozenset({"heads"})
-    params = {
-        "k": Field("int", 4, lo=2, hi=32, help="K-means clusters (names need k=4)"),
-        "prune_order": Field("list", list(TYPE_NAMES), help="types pruned first come first"),
-        "stability_splits": Field("int", 10, lo=0, help="random 50% input splits for the stability check"),
-        "tsne": Field("bool", True, help="t-SNE picture of the heads' features"),
-    }
-
-    @classmethod
-    def check_params(cls, data: dict[str, Any], path: str) -> dict[str, Any]:
-        p = super().check_params(data, path)
-        if p["k"] == 4 and sorted(p["prune_order"]) != sorted(TYPE_NAMES):
-            raise RecipeError(
-                f"recipe field '{path}.prune_order' must order all of {', '.join(TYPE_NAMES)}; got {p['prune_order']!r}"
-            )
-        return p
 
     def begin(self, ctx) -> None:
         super().begin(ctx)

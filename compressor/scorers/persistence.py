@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..schema import Field
-from ..topology.line_h0 import STATISTICS, layer_scores
+from ..topology.line_h0 import layer_scores
 from ..types import NeuronScores, Scores
 from .base import CaptureBatch, Scorer, register_scorer
 
@@ -20,14 +19,6 @@ from .base import CaptureBatch, Scorer, register_scorer
 @register_scorer
 class PersistenceScorer(Scorer):
     name = "persistence"
-    needs = frozenset({"ffn_summary"})
-    produces = frozenset({"neurons"})
-    params = {
-        # The paper does not define its statistic of the death times precisely; see
-        # benchmarks/persistence.py and the README for how the default was chosen.
-        "statistic": Field("choice", "max_death", choices=STATISTICS),
-        "radius": Field("float", 0.01, lo=0.0, help="count_above: bars longer than this count"),
-    }
 
     def begin(self, ctx) -> None:
         super().begin(ctx)

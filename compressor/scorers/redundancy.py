@@ -15,21 +15,17 @@ removing the lowest ``ratio`` of heads removes exactly the non-representatives.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import RecipeError
 from ..head_distances import (
-    METRICS, SENTENCE_METRICS, TOKEN_METRICS, cca_similarity, dcor_similarity, js_distance_sums,
+    SENTENCE_METRICS, TOKEN_METRICS, cca_similarity, dcor_similarity, js_distance_sums,
     procrustes_disparity, query_weights, token_metric_means,
 )
-from ..schema import Field
 from ..types import HeadScores, Scores
 from .base import CaptureBatch, Scorer, per_layer, register_scorer
 
-DEFAULT_METRICS = ["js", "cosine", "correlation", "bhattacharyya"]
 # similarities in [-1, 1] or [0, 1] -> distances in [0, 1]
 SIMILARITY_TO_DISTANCE = {
     "cosine": lambda s: 1 - s,
@@ -41,33 +37,6 @@ SIMILARITY_TO_DISTANCE = {
 @register_scorer
 class RedundancyScorer(Scorer):
     name = "redundancy"
-    needs = frozenset({"attentions"})
-    produces = frozenset({"heads"})
-    params = {
-        "metrics": Field("list", DEFAULT_METRICS, help=f"any of {', '.join(METRICS)}"),
-        "cluster_on": Field("str", "mean", help="'mean' of the metrics, or one metric"),
-        "ratio": Field("float", 0.5, lo=0.0, hi=1.0, help="share of heads to prune: clusters = ceil(N * (1 - ratio))"),
-        "js_query_sample": Field("int", None, lo=1, nullable=True, help="JS on this many query positions per batch"),
-        "sentence_sequences": Field("int", 32, lo=1, help="sequences used by dcor / procrustes / cca"),
-        "svd_rank": Field("int", 32, lo=1, help="singular directions per head for procrustes / cca"),
-    }
-    # When a recipe leaves ``ratio`` out, it follows targets.heads.ratio.
-    follows_head_ratio = True
-
-    @classmethod
-    def check_params(cls, data: dict[str, Any], path: str) -> dict[str, Any]:
-        p = super().check_params(data, path)
-        bad = [m for m in p["metrics"] if m not in METRICS]
-        if bad or not p["metrics"] or len(set(p["metrics"])) != len(p["metrics"]):
-            raise RecipeError(
-                f"recipe field '{path}.metrics' must list distinct metrics from {', '.join(METRICS)}; got {p['metrics']!r}"
-            )
-        if p["cluster_on"] != "mean" and p["cluster_on"] not in p["metrics"]:
-            raise RecipeError(
-                f"recipe field '{path}.cluster_on' must be 'mean' or one of the listed metrics "
-                f"({', '.join(p['metrics'])}); got {p['cluster_on']!r}"
-            )
-        return p
 
     def begin(self, ctx) -> None:
         super().begin(ctx)

@@ -25,15 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import RecipeError
-from ..schema import Field
 from ..types import HeadScores, Scores
+from .specs import POSITIONAL_SIEVES, SYNTACTIC_SIEVES
 from .base import CaptureBatch, Scorer, delimiter_ids, per_layer, register_scorer
 
 log = logging.getLogger("compressor")
-POSITIONAL = ("local", "prev", "next", "delimiter", "cls", "sep", "block")
-SYNTACTIC = ("nsubj", "dobj", "amod", "advmod")
-SIEVES = POSITIONAL + SYNTACTIC
+POSITIONAL, SYNTACTIC = POSITIONAL_SIEVES, SYNTACTIC_SIEVES
 
 # A parser maps texts to, per text, (token char starts, token char ends, dependency
 # labels, head indices): what sieves need from spaCy, and what tests can fake.
@@ -148,21 +145,6 @@ def sieve_bias(attn: torch.Tensor, sieves: torch.Tensor, mask: torch.Tensor) -> 
 @register_scorer
 class SieveRolesScorer(Scorer):
     name = "sieve_roles"
-    needs = frozenset({"attentions"})
-    produces = frozenset({"heads"})
-    params = {
-        "tau": Field("float", 3.0, lo=0.0, help="bias threshold of the one-tailed test"),
-        "alpha": Field("float", 0.05, lo=0.0, hi=1.0, help="significance level"),
-        "sieves": Field("list", list(SIEVES), help=f"any of {', '.join(SIEVES)}"),
-    }
-
-    @classmethod
-    def check_params(cls, data: dict[str, Any], path: str) -> dict[str, Any]:
-        p = super().check_params(data, path)
-        bad = [s for s in p["sieves"] if s not in SIEVES]
-        if bad or not p["sieves"]:
-            raise RecipeError(f"recipe field '{path}.sieves' must list sieves from {', '.join(SIEVES)}; got {p['sieves']!r}")
-        return p
 
     def __init__(self, parser: Parser | None = None, **params: Any) -> None:
         super().__init__(**params)

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from ..head_distances import js_distance_sums
-from ..schema import Field
 from ..scorers.base import CaptureBatch, Scorer, per_layer, register_scorer
 from ..types import HeadScores, Scores
 
@@ -234,11 +233,6 @@ class TopologyScorer(Scorer):
     """Heads ranked by their H0 bar under the sqrt-JS metric D: redundant heads die young."""
 
     name = "topology"
-    needs = ("attentions",)
-    produces = ("heads",)
-    params = {
-        "max_dimension": Field("int", 1, lo=0, hi=2, help="homology up to H1 (H2 is slower)"),
-    }
 
     def begin(self, ctx) -> None:
         super().begin(ctx)

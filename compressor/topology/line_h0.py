@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-STATISTICS = ("max_death", "mean_death", "median_death", "total_persistence", "count_above")
+from ..scorers.specs import STATISTICS  # noqa: F401  (the statistics a recipe may name)
 
 
 def line_h0_deaths(x: torch.Tensor | np.ndarray, sort: bool = False) -> np.ndarray:
