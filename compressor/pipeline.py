@@ -153,7 +153,8 @@ def run_recipe(
             for name, res in results.items():
                 for part in (res.heads, res.neurons):
                     if part is not None:
-                        extras = dict(part.extras)
+                        # keys starting with "_" are in-memory only (fisher's per-layer matrices)
+                        extras = {k: v for k, v in part.extras.items() if not k.startswith("_")}
                         for fig, png in extras.pop("figures", {}).items():
                             (tmp / "scores" / f"{fig}.png").write_bytes(png)
                         data = {**part.to_json(), "extras": extras}

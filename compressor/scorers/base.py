@@ -47,6 +47,12 @@ class CaptureBatch:
     summary_index: torch.Tensor  # [batch] position of the [CLS]-like token
     attentions: tuple[torch.Tensor, ...] | None  # per layer [batch, heads_l, seq(q), seq(k)]
     ffn_summary: tuple[torch.Tensor, ...] | None  # per layer [batch, neurons_l], after the activation
+    # needs "gradients" only (compressor.masking.mask_gradients): per-example gradients of
+    # the scorer's own losses() w.r.t. each head's / neuron's mask, per layer
+    # [probes, batch, heads_l] and [probes, batch, neurons_l]
+    head_grads: tuple[torch.Tensor, ...] | None = None
+    neuron_grads: tuple[torch.Tensor, ...] | None = None
+    labels: torch.Tensor | None = None  # [batch] calibration labels when the source has them
     # Buffers reused from batch to batch (run_capture passes one dict for the whole run):
     # allocating a fresh copy of all attention maps per batch costs more in page faults
     # than filling it. Scorers reduce each batch before the next, so reuse is safe.
@@ -87,8 +93,14 @@ class CaptureBatch:
 
 class Scorer:
     name: ClassVar[str]
-    needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"attentions", "ffn_summary"}
+    # subset of {"attentions", "ffn_summary"} (one no-grad pass shared by all scorers) or
+    # {"gradients"} (a gradient-enabled pass of its own: capture calls losses() on the
+    # model's output and hands update() the per-example mask gradients)
+    needs: ClassVar[frozenset[str]] = frozenset()
     produces: ClassVar[frozenset[str]] = frozenset()  # subset of {"heads", "neurons"}
+    # True when head and neuron scores are on one scale (comparable across kinds and
+    # layers), so a shared budget can rank them together (targets.budget, split: auto)
+    shared_scale: ClassVar[bool] = False
     params: ClassVar[dict[str, Field]] = {}
 
     @classmethod
@@ -100,6 +112,16 @@ class Scorer:
 
     def begin(self, ctx: ScoringContext) -> None:
         self.ctx = ctx
+
+    @classmethod
+    def needs_labels(cls, params: dict[str, Any]) -> bool:
+        """Whether, with these (checked) params, the scorer needs labelled calibration."""
+        return False
+
+    def losses(self, output: Any, batch: CaptureBatch) -> list[torch.Tensor]:
+        """needs "gradients": scalar losses (each a sum of per-example losses) whose mask
+        gradients update() receives; one per probe."""
+        raise NotImplementedError
 
     def update(self, batch: CaptureBatch) -> None:
         """Called once per calibration batch; scorers with no ``needs`` are never called."""
