@@ -125,9 +125,10 @@ def mask_gradients(
 def task_losses(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """The task's negative log-likelihood: cross-entropy over classes, or for a one-output
     (regression) head 0.5 * squared error (a unit-variance Gaussian's)."""
-    if logits.shape[-1] == 1:
-        return F.mse_loss(logits[:, 0].float(), labels.float(), reduction=reduction) * 0.5
-    return F.cross_entropy(logits.float(), labels.long(), reduction=reduction)
+    x = logits if logits.dtype == torch.float64 else logits.float()  # half precision: the loss in float32
+    if x.shape[-1] == 1:
+        return F.mse_loss(x[:, 0], labels.to(x.dtype), reduction=reduction) * 0.5
+    return F.cross_entropy(x, labels.long(), reduction=reduction)
 
 
 def final_hidden(out) -> torch.Tensor:
