@@ -347,8 +347,10 @@ def _budget_scorer(field_name: str, wanted: str | None, kind: str, scorers: tupl
                               f"{', '.join(able) or 'none is listed in scorers'}")
         return able[0]
     if wanted not in able:
+        other = f"targets.budget.{'head' if kind == 'heads' else 'neuron'}_scorer"
+        hint = f"; set {other} to a scorer that does" if field_name == "scorer" else ""
         raise RecipeError(f"recipe field 'targets.budget.{field_name}' is '{wanted}', which is not a listed scorer "
-                          f"that scores {kind}; listed ones that do: {', '.join(able) or 'none'}")
+                          f"that scores {kind}; listed ones that do: {', '.join(able) or 'none'}{hint}")
     return wanted
 
 
