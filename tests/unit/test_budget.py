@@ -291,3 +291,31 @@ targets:
     res = run(["--recipe", str(write_recipe(tmp_path, body)), "--output", str(out), "--quiet"])
     assert res.exit_code == 2 and "needs a model with a task head" in res.output
     assert "label_free: output" in res.output and res.output.strip().count("\n") == 0 and not out.exists()
+
+
+def test_budget_60_recipe_runs_shrunk_on_a_tiny_model(tmp_path):
+    """The shipped recipe as it is, on a tiny classifier, a tiny GLUE folder and a few
+    fine-tuning steps (the real run fine-tunes MiniLM for 250 steps)."""
+    from pathlib import Path
+
+    import yaml
+
+    from compressor.pipeline import run_recipe
+    from tests.unit.test_glue import write_glue
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "budget-60.yaml"
+    data = yaml.safe_load(path.read_text())
+    r = parse_recipe(data, "budget-60")
+    assert (r.budget.kind, r.budget.share, r.budget.split) == ("flops", 0.6, "importance")
+    assert [s.name for s in r.scorers] == ["fisher"] and r.calibration.source == "glue"
+    assert r.calibration.task == "sst2" and r.finetune_base is not None
+    glue = write_glue(tmp_path / "glue")
+    data["model"] = str(tiny_classifier_dir(tmp_path))
+    data["task"].update(data_dir=str(glue), max_length=16, train_examples=32, eval_examples=16)
+    data["finetune"]["base"].update(max_steps=2, batch_size=8)
+    data["calibration"].update(num_sequences=32, batch_size=16, max_length=16)
+    data.pop("export")
+    data["evaluate"].update(latency=False)
+    m = run_recipe(parse_recipe(data, "budget-60"), output=tmp_path / "out", progress=False)
+    assert m["budget"]["within_one_unit"] and m["flops_kept_share"] <= 0.6
+    assert {"original", "pruned"} <= set(m["evaluation"])
