@@ -9,7 +9,7 @@
    real ||h(without i) - h||^2 over the same sentences' final hidden states, every head
    and a random sample of neurons): Spearman rank correlation and the median ratio.
 
-Run: python benchmarks/fisher.py [--sentences 256] [--ablate 128] [--neurons 200]
+Run: python benchmarks/fisher.py [--sentences 256] [--ablate 32] [--neurons 100]
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def score(model, batches, **params):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sentences", type=int, default=256)
-    ap.add_argument("--ablate", type=int, default=128, help="sentences for the ablation check")
-    ap.add_argument("--neurons", type=int, default=200, help="neurons ablated one at a time")
+    ap.add_argument("--ablate", type=int, default=32, help="sentences for the ablation check")
+    ap.add_argument("--neurons", type=int, default=100, help="neurons ablated one at a time")
     ap.add_argument("--data", default=str(DATA))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -68,15 +68,18 @@ def main() -> None:
     labelled = with_task_head(encoder, glue_task("sst2")).eval()
     res, t = score(labelled, batches)
     rows.append({"what": f"fisher, labels (random head), {args.sentences} sentences", "seconds": t})
+    print(rows[-1], flush=True)
     a = adapter_for(labelled)
     start = time.perf_counter()
     plan = plan_budget(a.layout(), res.heads, res.neurons,
                        BudgetTarget("flops", 0.6, "fisher", "fisher", split="importance"))
     rows.append({"what": "budget planner: importance search + rearrangement, flops 0.6",
                  "seconds": time.perf_counter() - start})
+    print(rows[-1], plan.source["budget"]["achieved"], flush=True)
     for probes in (1, 4):
         _, t = score(encoder, batches, label_free="output", probes=probes)
         rows.append({"what": f"fisher, label_free output, probes {probes}, {args.sentences} sentences", "seconds": t})
+        print(rows[-1], flush=True)
 
     # --- label-free vs direct ablation on the sentence encoder --------------------------
     small = calibration_batches(CalibrationConfig(source="glue", task="sst2", data_dir=args.data,
@@ -104,11 +107,9 @@ def main() -> None:
             "neurons_spearman": float(spearmanr(npred, neurons_true)[0]),
             "neurons_median_ratio": float(np.median(npred / np.asarray(neurons_true))),
         })
-    print(plan.source.get("budget", {}).get("achieved"))
+        print(checks[-1], flush=True)
     report("fisher", rows, {"label_free_vs_ablation": checks, "ablation_seconds": t_ablate,
                             "ablation_sentences": args.ablate, "neurons_sampled": args.neurons})
-    for c in checks:
-        print(c)
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ def plan_budget(
         neurons = _removed(ln, in_, kn_best, layout.ffn_per_layer)
         info["search"] = {
             "method": "Kwon et al. 2022: for every head count, best heads + best neurons filling the budget",
-            "heads_kept": kh_best, "neurons_kept": kn_best, "head_counts_tried": int(len(kh)),
+            "heads_kept": kh_best, "neurons_kept": kn_best, "head_counts_tried": len(kh),
             "kept_score": float(kept_score[best]), "removed_score": float(cum_h[-1] + cum_n[-1] - kept_score[best]),
         }
         blocks_h = head_scores.extras.get("_fisher_blocks")

@@ -122,4 +122,4 @@ class FisherScorer(Scorer):
         return Scores(HeadScores(self.name, heads, heads_extras), NeuronScores(self.name, neurons, neuron_extras))
 
 
-__all__ = ["FisherScorer", "BLOCKS"]
+__all__ = ["BLOCKS", "FisherScorer"]
