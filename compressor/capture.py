@@ -5,6 +5,11 @@ Per batch it exposes, only when some scorer needs them:
 - FFN activations after the nonlinearity at the [CLS]-like token, [batch, neurons]
   per layer, read by a pre-hook on ffn_out (its input is exactly that activation).
 Scorers reduce each batch as it comes, so nothing is kept across batches here.
+
+Scorers that need "gradients" (fisher) get a separate, gradient-enabled loop of their
+own: per batch one forward with a mask per head and per neuron
+(compressor.masking), the scorer's losses(), one backward per loss, and update() with
+the per-example mask gradients. Weights are untouched and get no gradients.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ def run_capture(
     scorers: Sequence[Scorer],
     progress: bool = True,
 ) -> None:
+    graded = [s for s in scorers if "gradients" in s.needs]
+    if graded:
+        _gradient_pass(model, adapter, batches, graded, progress)
+    scorers = [s for s in scorers if s not in graded]
     needs = set().union(*(s.needs for s in scorers)) if scorers else set()
     active = [s for s in scorers if s.needs]
     if not active:
@@ -81,4 +90,29 @@ def run_capture(
     finally:
         for h in handles:
             h.remove()
+        model.train(was_training)
+
+
+def _gradient_pass(
+    model: torch.nn.Module,
+    adapter: Adapter,
+    batches: Sequence[Batch],
+    scorers: Sequence[Scorer],
+    progress: bool = True,
+) -> None:
+    """One forward + backward per batch and scorer, gradients w.r.t. unit masks only."""
+    from .masking import mask_gradients
+
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in bar(batches, progress, desc="gradients", unit="batch"):
+            summary = summary_positions(adapter, batch.attention_mask)
+            for s in scorers:
+                cb = CaptureBatch(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  summary_index=summary, attentions=None, ffn_summary=None, labels=batch.labels)
+                heads, neurons = mask_gradients(model, adapter, batch, lambda out, _b, s=s, cb=cb: s.losses(out, cb))
+                cb.head_grads, cb.neuron_grads = tuple(heads), tuple(neurons)
+                s.update(cb)
+    finally:
         model.train(was_training)

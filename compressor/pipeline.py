@@ -23,7 +23,7 @@ from .finetune import finetune
 from .metrics import FLOPS_SEQ_LEN, encoder_flops_per_token
 from .models import load_model, load_tokenizer, model_summary, resolve_model, save_model
 from .outputs import atomic_output, check_output
-from .planning import make_plan
+from .planning import check_budget, make_plan, plan_budget
 from .progress import StageTimer
 from .recipe import ExportConfig, Recipe, default_output
 from .report.html import render_report
@@ -64,6 +64,8 @@ def run_recipe(
         tokenizer = load_tokenizer(model_name)
         before = _size_summary(net)
     task_data = _task_data(recipe, net)  # bad task input fails here, before hours of work
+    if recipe.budget is not None:  # an impossible budget fails before any work too
+        check_budget(adapter_for(net).layout(), recipe.budget, _has_bias(net))
     evaluations: dict[str, dict] = {}
     finetuning: dict[str, dict] = {}
 
@@ -89,24 +91,29 @@ def run_recipe(
     ctx = ScoringContext(net, adapter, layout, recipe.seed, tokenizer)
     for s in scorers:
         s.begin(ctx)
-    if any(s.needs for s in scorers):
+    # a budget split by measurement reads the calibration data even for data-free scorers
+    measure = recipe.budget is not None and recipe.budget.split == "measure"
+    batches = None
+    if any(s.needs for s in scorers) or measure:
         with timer("calibration"):
             batches = calibration_batches(recipe.calibration, tokenizer, net.config, recipe.seed)
-        with timer("capture"):
-            run_capture(net, adapter, batches, scorers, progress=progress)
+        if any(s.needs for s in scorers):
+            with timer("capture"):
+                run_capture(net, adapter, batches, scorers, progress=progress)
     results = {}
     with timer("score"):
         for s in scorers:
             results[s.name] = s.finish()
 
     with timer("plan"):
-        heads = results[recipe.heads.scorer].heads if recipe.heads else None
-        neurons = results[recipe.neurons.scorer].neurons if recipe.neurons else None
-        plan = make_plan(
-            layout, heads, neurons, recipe.heads, recipe.neurons,
-            source={"recipe": recipe.name, "model": model_name, "seed": recipe.seed,
-                    "calibration": recipe.calibration.__dict__},
-        )
+        plan_source = {"recipe": recipe.name, "model": model_name, "seed": recipe.seed,
+                       "calibration": recipe.calibration.__dict__}
+        if recipe.budget is not None:
+            plan = _budget_plan(net, adapter, layout, recipe, results, batches, plan_source, progress)
+        else:
+            heads = results[recipe.heads.scorer].heads if recipe.heads else None
+            neurons = results[recipe.neurons.scorer].neurons if recipe.neurons else None
+            plan = make_plan(layout, heads, neurons, recipe.heads, recipe.neurons, source=plan_source)
 
     with timer("surgery"):
         apply_plan(net, plan, inplace=True)
@@ -129,6 +136,10 @@ def run_recipe(
         "heads_removed": sum(len(v) for v in plan.heads.values()),
         "neurons_removed": sum(len(v) for v in plan.neurons.values()),
     }
+    if recipe.budget is not None:
+        b = plan.source["budget"]
+        metrics["budget"] = {"asked": b["asked"], "achieved": {k: b["achieved"][k] for k in ("flops", "params")},
+                             "within_one_unit": b["within_one_unit"], "split": b["split"]}
     with atomic_output(output, overwrite) as tmp:
         with timer("save"):
             save_model(net, tmp / "model", tokenizer)
@@ -137,7 +148,8 @@ def run_recipe(
             for name, res in results.items():
                 for part in (res.heads, res.neurons):
                     if part is not None:
-                        extras = dict(part.extras)
+                        # keys starting with "_" are in-memory only (fisher's per-layer matrices)
+                        extras = {k: v for k, v in part.extras.items() if not k.startswith("_")}
                         for fig, png in extras.pop("figures", {}).items():
                             (tmp / "scores" / f"{fig}.png").write_bytes(png)
                         data = {**part.to_json(), "extras": extras}
@@ -164,6 +176,25 @@ def run_recipe(
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "report.html").write_text(render_report(metrics, plan.to_json(), results))
     return metrics
+
+
+def _has_bias(net) -> bool:
+    """Whether the q/k/v (or qkv) projections carry biases, for the parameter costs."""
+    a = adapter_for(net)
+    return a.module(0, "qkv" if a.spec.qkv is not None else "query").bias is not None
+
+
+def _budget_plan(net, adapter, layout, recipe: Recipe, results, batches, source: dict, progress: bool) -> PruningPlan:
+    """targets.budget: the planner decides; a measured split gets a calibration-loss callback."""
+    from .masking import CalibrationLoss
+
+    b = recipe.budget
+    evaluate = None
+    if b.split == "measure":
+        evaluate = CalibrationLoss(net, adapter, batches, progress=progress)
+        source = {**source, "split_loss": evaluate.mode}
+    return plan_budget(layout, results[b.head_scorer].heads, results[b.neuron_scorer].neurons, b,
+                       evaluate=evaluate, bias=_has_bias(net), source=source)
 
 
 def _task_data(recipe: Recipe, net) -> dict:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .arch.base import Layout
 from .errors import RecipeError
-from .recipe import HeadTarget, NeuronTarget
+from .metrics import FLOPS_SEQ_LEN
+from .recipe import BudgetTarget, HeadTarget, NeuronTarget
 from .types import HeadScores, NeuronScores, PruningPlan
 
 
@@ -95,3 +98,269 @@ def make_plan(
     if neurons is not None:
         src["neurons"] = {"scorer": neurons.scorer, **{k: v for k, v in neurons.__dict__.items() if k != "scorer"}}
     return PruningPlan.build(h, n, src)
+
+
+# --- one budget for heads and neurons (targets.budget) ---------------------------------
+#
+# Every head and neuron is costed by what it carries. FLOPs per token (the definition of
+# metrics.encoder_flops_per_token, seq 128): a head 8*d*dh + 4*seq*dh (its q/k/v rows,
+# out-projection columns, scores and context), a neuron 4*d (its ffn_in row and ffn_out
+# column). Parameters: the weights and biases the unit owns, a head 4*d*dh + 3*dh (q/k/v
+# rows with biases, out-projection columns; the out bias is shared), a neuron 2*d + 1.
+# A layout has one hidden size and head size, so all heads cost the same, as do all
+# neurons; the share kept is the kept cost over the cost of every unit.
+
+Evaluate = Callable[[dict[int, list[int]], dict[int, list[int]]], float]
+
+
+def unit_costs(layout: Layout, kind: str, seq_len: int = FLOPS_SEQ_LEN, bias: bool = True) -> tuple[int, int]:
+    """(cost of one head, cost of one neuron) in FLOPs per token or parameters."""
+    d, dh = layout.hidden_size, layout.head_dim
+    if kind == "flops":
+        return 8 * d * dh + 4 * seq_len * dh, 4 * d
+    if kind == "params":
+        return 4 * d * dh + (3 * dh if bias else 0), 2 * d + (1 if bias else 0)
+    raise ValueError(kind)
+
+
+def budget_shares(layout: Layout, kept: Layout, bias: bool = True) -> dict[str, float]:
+    """Share of encoder FLOPs per token and of head/neuron parameters ``kept`` keeps."""
+    out = {}
+    for kind in ("flops", "params"):
+        ch, cn = unit_costs(layout, kind, bias=bias)
+        full = ch * sum(layout.heads_per_layer) + cn * sum(layout.ffn_per_layer)
+        out[kind] = (ch * sum(kept.heads_per_layer) + cn * sum(kept.ffn_per_layer)) / full if full else 1.0
+    return out
+
+
+def _floors(sizes: tuple[int, ...], floor: int) -> np.ndarray:
+    return np.minimum(np.asarray(sizes, dtype=np.int64), floor)
+
+
+def check_budget(layout: Layout, target: BudgetTarget, bias: bool = True) -> None:
+    """A budget below what the per-layer floors keep is impossible: one line naming the
+    smallest achievable share. Pure, so the pipeline runs it before any work."""
+    ch, cn = unit_costs(layout, target.kind, bias=bias)
+    full = ch * sum(layout.heads_per_layer) + cn * sum(layout.ffn_per_layer)
+    fh = int(_floors(layout.heads_per_layer, target.min_heads_per_layer).sum())
+    fn = int(_floors(layout.ffn_per_layer, target.min_neurons_per_layer).sum())
+    least = (ch * fh + cn * fn) / full
+    if target.share < least:
+        raise RecipeError(
+            f"recipe field 'targets.budget.{target.kind}' is {target.share:g}, but keeping "
+            f"{target.min_heads_per_layer} head(s) and {target.min_neurons_per_layer} neuron(s) per layer "
+            f"(min_per_layer) keeps {least:.4f} of the {target.kind}; the smallest achievable budget is {least:.4f}"
+        )
+
+
+def _keep_order(values: list[np.ndarray], floors: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Order in which units are kept as their number grows: first each layer's ``floors``
+    highest (forced), then all others by value, highest first; ties by position.
+
+    Returns (layer, index) arrays in that order and the number of forced units; keeping
+    k >= forced units means keeping the first k."""
+    layer = np.concatenate([np.full(len(v), i) for i, v in enumerate(values)]).astype(np.int64)
+    index = np.concatenate([np.arange(len(v)) for v in values]).astype(np.int64)
+    value = np.concatenate([np.asarray(v, dtype=np.float64) for v in values]) if values else np.zeros(0)
+    # rank within the layer, highest first: forced when rank < floor
+    by_layer = np.lexsort((index, -value, layer))
+    rank = np.empty(len(value), dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum([len(v) for v in values])])[:-1].astype(np.int64)
+    rank[by_layer] = np.arange(len(value)) - np.repeat(starts, [len(v) for v in values])
+    forced = rank < floors[layer]
+    order = np.lexsort((index, layer, -value, ~forced))
+    return layer[order], index[order], int(forced.sum())
+
+
+def _removed(layer: np.ndarray, index: np.ndarray, kept: int, sizes: tuple[int, ...]) -> dict[int, list[int]]:
+    """Layer -> removed indices when the first ``kept`` of an order stay."""
+    out: dict[int, list[int]] = {}
+    for lay, i in zip(layer[kept:].tolist(), index[kept:].tolist(), strict=True):
+        out.setdefault(lay, []).append(i)
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def _neurons_for(budget: float, kh: np.ndarray, ch: int, cn: int, total_n: int) -> np.ndarray:
+    """Neurons that fit next to kh heads (an array of head counts); may be negative."""
+    room = budget - kh * ch
+    return np.minimum(np.floor(room / cn + 1e-9).astype(np.int64), total_n)
+
+
+def _head_counts(budget: float, ch: int, cn: int, forced_h: int, forced_n: int, total_h: int, total_n: int) -> np.ndarray:
+    """Head counts worth trying: each with the neurons that fill the rest of the budget,
+    the floors met, and no budget left that could hold one more unit of either kind."""
+    kh = np.arange(forced_h, total_h + 1)
+    kn = _neurons_for(budget, kh, ch, cn, total_n)
+    left = budget - kh * ch - kn * cn
+    ok = (kn >= forced_n) & ((kn < total_n) | (kh == total_h) | (left < ch))
+    return kh[ok]
+
+
+def rearrange_layer(fisher: np.ndarray, diag: np.ndarray, remove: int) -> tuple[list[int], float, float]:
+    """Kwon et al.'s Fisher-based mask rearrangement within one layer.
+
+    ``fisher``: the layer's [n, n] matrix sum_e g_e g_e^T of mask gradients; removing
+    the set R costs about 1/2 * 1_R^T F 1_R (the block-diagonal quadratic estimate, with
+    the interactions between the layer's units). Start from the ``remove`` lowest
+    diagonal entries; take the others in increasing order: add one to R, then drop from
+    R the unit whose absence leaves the smallest estimate (possibly the one just added).
+    Each step never increases the estimate. Returns (removed indices, estimate before,
+    after), the estimates as 1/2 * 1_R^T F 1_R."""
+    n = len(diag)
+    order = np.lexsort((np.arange(n), diag)).tolist()
+    if remove <= 0 or remove >= n:
+        chosen = sorted(order[:max(remove, 0)])
+        est = 0.5 * float(fisher[np.ix_(chosen, chosen)].sum()) if chosen else 0.0
+        return chosen, est, est
+    f = np.asarray(fisher, dtype=np.float64)
+    inside = np.zeros(n, dtype=bool)
+    inside[order[:remove]] = True
+    s = f[:, inside].sum(1)  # [n] s_k = sum_{i in R} F_ki
+    before = 0.5 * float(s[inside].sum())
+    fd = np.diag(f)
+    for j in order[remove:]:
+        inside[j] = True
+        s += f[:, j]
+        members = np.flatnonzero(inside)
+        # 1_{R-k}^T F 1_{R-k} = 1_R^T F 1_R - 2 s_k + F_kk; lowest index wins ties
+        k = int(members[np.argmin(fd[members] - 2 * s[members])])
+        inside[k] = False
+        s -= f[:, k]
+    after = 0.5 * float(s[inside].sum())
+    return np.flatnonzero(inside).tolist(), before, after
+
+
+def plan_budget(
+    layout: Layout,
+    head_scores: HeadScores,
+    neuron_scores: NeuronScores,
+    target: BudgetTarget,
+    evaluate: Evaluate | None = None,
+    bias: bool = True,
+    source: dict | None = None,
+) -> PruningPlan:
+    """Heads and neurons to remove so at most ``target.share`` of the cost stays.
+
+    ``importance`` (one-scale scorers, fisher): Kwon et al.'s search. For every number of
+    heads kept, keep the highest-scoring heads and fill the rest of the budget with the
+    highest-scoring neurons; pick the count with the highest kept score (the lowest
+    removed Fisher, the estimated loss increase), then rearrange each layer's units with
+    its Fisher matrix when the scores carry them (``extras["_fisher_blocks"]``).
+    ``measure`` (any scorer): a few head counts (splits of the budget between the
+    kinds), each kind ranked model-wide (``global``) and/or by share of each layer
+    (``per_layer``: a unit's rank within its layer over the layer's size), every
+    candidate scored by ``evaluate(removed heads, removed neurons)`` (calibration loss,
+    lower is better); the best is kept. How it was chosen goes into plan.source."""
+    hv = [np.asarray(v, dtype=np.float64) for v in head_scores.values]
+    nv = [np.asarray(v, dtype=np.float64) for v in neuron_scores.values]
+    _check_shapes("head", [len(v) for v in hv], list(layout.heads_per_layer), head_scores.scorer)
+    _check_shapes("neuron", [len(v) for v in nv], list(layout.ffn_per_layer), neuron_scores.scorer)
+    check_budget(layout, target, bias)
+    ch, cn = unit_costs(layout, target.kind, bias=bias)
+    total_h, total_n = sum(layout.heads_per_layer), sum(layout.ffn_per_layer)
+    full = ch * total_h + cn * total_n
+    budget = target.share * full
+    fh_l = _floors(layout.heads_per_layer, target.min_heads_per_layer)
+    fn_l = _floors(layout.ffn_per_layer, target.min_neurons_per_layer)
+    info: dict = {
+        "asked": {target.kind: target.share},
+        "head_scorer": target.head_scorer, "neuron_scorer": target.neuron_scorer,
+        "min_heads_per_layer": target.min_heads_per_layer, "min_neurons_per_layer": target.min_neurons_per_layer,
+        "unit_cost": {"head": ch, "neuron": cn, "unit": target.kind},
+        "split": target.split,
+    }
+
+    if target.split == "importance":
+        lh, ih, forced_h = _keep_order(hv, fh_l)
+        ln, in_, forced_n = _keep_order(nv, fn_l)
+        kh = _head_counts(budget, ch, cn, forced_h, forced_n, total_h, total_n)
+        kn = _neurons_for(budget, kh, ch, cn, total_n)
+        cum_h = np.concatenate([[0.0], np.cumsum(np.concatenate(hv)[_flat(lh, ih, layout.heads_per_layer)])])
+        cum_n = np.concatenate([[0.0], np.cumsum(np.concatenate(nv)[_flat(ln, in_, layout.ffn_per_layer)])])
+        kept_score = cum_h[kh] + cum_n[kn]
+        best = int(np.lexsort((kh * ch + kn * cn, kept_score))[-1])  # highest score, then most budget used
+        kh_best, kn_best = int(kh[best]), int(kn[best])
+        heads = _removed(lh, ih, kh_best, layout.heads_per_layer)
+        neurons = _removed(ln, in_, kn_best, layout.ffn_per_layer)
+        info["search"] = {
+            "method": "Kwon et al. 2022: for every head count, best heads + best neurons filling the budget",
+            "heads_kept": kh_best, "neurons_kept": kn_best, "head_counts_tried": len(kh),
+            "kept_score": float(kept_score[best]), "removed_score": float(cum_h[-1] + cum_n[-1] - kept_score[best]),
+        }
+        blocks_h = head_scores.extras.get("_fisher_blocks")
+        blocks_n = neuron_scores.extras.get("_fisher_blocks")
+        if target.rearrange and blocks_h is not None and blocks_n is not None:
+            heads, rh = _rearrange(heads, hv, blocks_h)
+            neurons, rn = _rearrange(neurons, nv, blocks_n)
+            info["rearrangement"] = {"heads": rh, "neurons": rn}
+    else:
+        if evaluate is None:
+            raise ValueError("a measured split needs an evaluate callback")
+        heads, neurons, info["candidates"], info["chosen"] = _measured_split(
+            layout, hv, nv, fh_l, fn_l, budget, ch, cn, target, evaluate)
+
+    plan = PruningPlan.build(heads, neurons)
+    kept = plan.kept_layout(layout)
+    kept_cost = ch * sum(kept.heads_per_layer) + cn * sum(kept.ffn_per_layer)
+    info["achieved"] = {**budget_shares(layout, kept, bias), "heads_kept": sum(kept.heads_per_layer),
+                        "neurons_kept": sum(kept.ffn_per_layer)}
+    info["budget_cost"] = budget
+    info["kept_cost"] = kept_cost
+    info["within_one_unit"] = bool(kept_cost <= budget + 1e-6 and budget - kept_cost < max(ch, cn))
+    src = dict(source or {})
+    src["budget"] = info
+    return PruningPlan.build(heads, neurons, src)
+
+
+def _flat(layer: np.ndarray, index: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    starts = np.concatenate([[0], np.cumsum(sizes)])[:-1].astype(np.int64)
+    return starts[layer] + index
+
+
+def _rearrange(removed: dict[int, list[int]], values: list[np.ndarray], blocks) -> tuple[dict[int, list[int]], dict]:
+    out, before, after, moved = {}, 0.0, 0.0, 0
+    for layer, v in enumerate(values):
+        r = removed.get(layer, [])
+        new, b, a = rearrange_layer(np.asarray(blocks[layer]), v, len(r))
+        before, after = before + b, after + a
+        moved += len(set(new) - set(r))
+        if new:
+            out[layer] = new
+    return out, {"estimate_before": before, "estimate_after": after, "units_swapped": moved}
+
+
+def _per_layer_rank(values: list[np.ndarray]) -> list[np.ndarray]:
+    """A unit's rank within its layer over the layer's size, in (0, 1]: ranking these
+    model-wide removes about the same share of every layer."""
+    out = []
+    for v in values:
+        rank = np.empty(len(v))
+        rank[np.lexsort((np.arange(len(v)), v))] = np.arange(1, len(v) + 1)
+        out.append(rank / max(len(v), 1))
+    return out
+
+
+def _measured_split(layout, hv, nv, fh_l, fn_l, budget, ch, cn, target, evaluate):
+    total_h, total_n = sum(layout.heads_per_layer), sum(layout.ffn_per_layer)
+    kh_all = _head_counts(budget, ch, cn, int(fh_l.sum()), int(fn_l.sum()), total_h, total_n)
+    pick = np.unique(np.round(np.linspace(0, len(kh_all) - 1, min(target.candidates, len(kh_all)))).astype(int))
+    counts = kh_all[pick]
+    scopes = ("global", "per_layer") if target.scope == "search" else (target.scope,)
+    tried = []
+    best = None
+    for scope in scopes:
+        h_vals = hv if scope == "global" else _per_layer_rank(hv)
+        n_vals = nv if scope == "global" else _per_layer_rank(nv)
+        lh, ih, _ = _keep_order(h_vals, fh_l)
+        ln, in_, _ = _keep_order(n_vals, fn_l)
+        for kh in counts.tolist():
+            kn = int(_neurons_for(budget, np.array([kh]), ch, cn, total_n)[0])
+            heads = _removed(lh, ih, kh, layout.heads_per_layer)
+            neurons = _removed(ln, in_, kn, layout.ffn_per_layer)
+            loss = float(evaluate(heads, neurons))
+            tried.append({"scope": scope, "heads_kept": kh, "neurons_kept": kn,
+                          "head_share_of_budget": kh * ch / max(budget, 1e-30), "loss": loss})
+            if best is None or loss < best[0]:
+                best = (loss, len(tried) - 1, heads, neurons)
+    _, chosen, heads, neurons = best
+    return heads, neurons, tried, chosen

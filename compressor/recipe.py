@@ -67,6 +67,23 @@ NEURON_TARGET = {
     "min_per_layer": Field("int", 1, lo=0),
 }
 
+BUDGET_TARGET = {
+    "flops": Field("float", None, nullable=True, help="share of encoder FLOPs per token kept, 0 < flops < 1"),
+    "params": Field("float", None, nullable=True, help="share of head/neuron parameters kept, 0 < params < 1"),
+    "scorer": Field("str", None, nullable=True, help="scores both kinds (unless head_scorer/neuron_scorer say otherwise)"),
+    "head_scorer": Field("str", None, nullable=True),
+    "neuron_scorer": Field("str", None, nullable=True),
+    "min_per_layer": Field("int", 0, lo=0, help="heads and neurons kept in every layer (0: whole blocks may go)"),
+    "min_heads_per_layer": Field("int", None, lo=0, nullable=True, help="overrides min_per_layer for heads"),
+    "min_neurons_per_layer": Field("int", None, lo=0, nullable=True, help="overrides min_per_layer for neurons"),
+    "split": Field("choice", "auto", choices=("auto", "importance", "measure"),
+                   help="auto: importance for one-scale scorers (fisher), else measure on calibration data"),
+    "scope": Field("choice", "search", choices=("search", "global", "per_layer"),
+                   help="measure: rank a kind's units model-wide, by share of each layer, or try both"),
+    "candidates": Field("int", 5, lo=1, hi=50, help="measure: head/neuron splits tried per scope"),
+    "rearrange": Field("bool", True, help="fisher: re-choose units within each layer with the layer's Fisher matrix"),
+}
+
 EXPORT = {
     "optimize": Field("bool", True, help="ONNX Runtime transformer fusions"),
     "quantize": Field("choice", None, choices=("int8",), nullable=True),
@@ -153,6 +170,23 @@ class NeuronTarget:
 
 
 @dataclass(frozen=True)
+class BudgetTarget:
+    """Keep at most ``share`` of encoder FLOPs per token (kind flops) or of the parameters
+    heads and neurons own (kind params), deciding across both kinds and all layers."""
+
+    kind: str  # "flops" | "params"
+    share: float
+    head_scorer: str
+    neuron_scorer: str
+    min_heads_per_layer: int = 0
+    min_neurons_per_layer: int = 0
+    split: str = "measure"  # resolved: "importance" | "measure"
+    scope: str = "search"
+    candidates: int = 5
+    rearrange: bool = True
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     optimize: bool = True
     quantize: str | None = None
@@ -207,6 +241,7 @@ class Recipe:
     scorers: tuple[ScorerConfig, ...] = ()
     heads: HeadTarget | None = None
     neurons: NeuronTarget | None = None
+    budget: BudgetTarget | None = None
     output: str | None = None
     description: str | None = None
     export: ExportConfig | None = None
@@ -300,6 +335,70 @@ def _pick_scorer(target_field: str, wanted: str | None, kind: str, scorers: tupl
     return able[0]
 
 
+def _budget_scorer(field_name: str, wanted: str | None, kind: str, scorers: tuple[ScorerConfig, ...]) -> str:
+    """The scorer for one kind: ``wanted`` (set in targets.budget.<field_name>), or the one
+    listed scorer that scores this kind."""
+    from .scorers.specs import scorer_spec
+
+    able = [s.name for s in scorers if kind in scorer_spec(s.name).produces]
+    if wanted is None:
+        if len(able) != 1:
+            raise RecipeError(f"recipe field 'targets.budget.scorer' must name a listed scorer that scores {kind} "
+                              f"(or set targets.budget.{'head' if kind == 'heads' else 'neuron'}_scorer): "
+                              f"{', '.join(able) or 'none is listed in scorers'}")
+        return able[0]
+    if wanted not in able:
+        other = f"targets.budget.{'head' if kind == 'heads' else 'neuron'}_scorer"
+        hint = f"; set {other} to a scorer that does" if field_name == "scorer" else ""
+        raise RecipeError(f"recipe field 'targets.budget.{field_name}' is '{wanted}', which is not a listed scorer "
+                          f"that scores {kind}; listed ones that do: {', '.join(able) or 'none'}{hint}")
+    return wanted
+
+
+def _check_budget(data: Any, scorers: tuple[ScorerConfig, ...]) -> BudgetTarget:
+    from .scorers.specs import scorer_spec
+
+    d = check_mapping(data, BUDGET_TARGET, "targets.budget")
+    if (d["flops"] is None) == (d["params"] is None):
+        raise RecipeError("recipe field 'targets.budget' must set exactly one of flops or params (the share kept, 0..1)")
+    kind = "flops" if d["flops"] is not None else "params"
+    share = d[kind]
+    if not 0 < share < 1:
+        raise RecipeError(f"recipe field 'targets.budget.{kind}' must be a number with 0 < {kind} < 1 "
+                          f"(the share kept); got {share!r}")
+    heads = _budget_scorer("head_scorer" if d["head_scorer"] else "scorer", d["head_scorer"] or d["scorer"],
+                           "heads", scorers)
+    neurons = _budget_scorer("neuron_scorer" if d["neuron_scorer"] else "scorer", d["neuron_scorer"] or d["scorer"],
+                             "neurons", scorers)
+    one_scale = heads == neurons and scorer_spec(heads).shared_scale
+    split = d["split"]
+    if split == "auto":
+        split = "importance" if one_scale else "measure"
+    elif split == "importance" and not one_scale:
+        raise RecipeError(f"recipe field 'targets.budget.split' is importance, which needs one scorer whose head and "
+                          f"neuron scores share a scale (fisher); {heads}/{neurons} do not: use measure or auto")
+    floor = d["min_per_layer"]
+    return BudgetTarget(
+        kind=kind, share=float(share), head_scorer=heads, neuron_scorer=neurons,
+        min_heads_per_layer=floor if d["min_heads_per_layer"] is None else d["min_heads_per_layer"],
+        min_neurons_per_layer=floor if d["min_neurons_per_layer"] is None else d["min_neurons_per_layer"],
+        split=split, scope=d["scope"], candidates=d["candidates"], rearrange=d["rearrange"],
+    )
+
+
+def _check_labels(scorers: tuple[ScorerConfig, ...], calibration: CalibrationConfig) -> None:
+    """Scorers that need the task loss need labelled calibration: glue, not its test split."""
+    from .scorers.specs import scorer_spec
+
+    for i, s in enumerate(scorers):
+        if scorer_spec(s.name).needs_labels(s.params) and (calibration.source != "glue" or calibration.split == "test"):
+            where = f"calibration.source is {calibration.source}" if calibration.source != "glue" else "the test split has no labels"
+            raise RecipeError(
+                f"recipe field 'scorers[{i}]' ({s.name}) needs labelled calibration data, and {where}: set "
+                f"calibration: {{source: glue, split: train}} with a task, or scorers[{i}].params.label_free: output"
+            )
+
+
 def _follow_head_ratio(s: ScorerConfig, heads: HeadTarget) -> ScorerConfig:
     """Scorers that prune by clustering need the head ratio; unless the recipe set their
     own, they take targets.heads.ratio, so one number drives both."""
@@ -330,11 +429,20 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         cal_data = {"task": task.name, "data_dir": task.data_dir, **cal_data}
     calibration = _check_calibration(cal_data)
     scorers = _check_scorers(top["scorers"])
+    _check_labels(scorers, calibration)
     targets = check_mapping(
         top["targets"],
-        {"heads": Field("mapping", None, nullable=True), "neurons": Field("mapping", None, nullable=True)},
+        {"heads": Field("mapping", None, nullable=True), "neurons": Field("mapping", None, nullable=True),
+         "budget": Field("mapping", None, nullable=True, help="one FLOPs/params budget for heads and neurons")},
         "targets",
     )
+    budget = None
+    if targets["budget"] is not None:
+        given = [k for k in ("heads", "neurons") if targets[k] is not None]
+        if given:
+            raise RecipeError(f"recipe field 'targets.budget' cannot be combined with targets.{given[0]}: the budget "
+                              f"decides heads and neurons together; keep one")
+        budget = _check_budget(targets["budget"], scorers)
     heads = neurons = None
     if targets["heads"] is not None:
         heads = HeadTarget(**check_mapping(targets["heads"], HEAD_TARGET, "targets.heads"))
@@ -355,6 +463,7 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         scorers=scorers,
         heads=heads,
         neurons=neurons,
+        budget=budget,
         output=top["output"],
         description=top["description"],
         export=ExportConfig(**check_mapping(top["export"], EXPORT, "export")) if top["export"] is not None else None,
@@ -391,4 +500,4 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, name=p.stem)
 
 
-__all__ = ["Recipe", "ExportConfig", "TaskConfig", "FinetuneConfig", "DistillConfig", "EvaluateConfig", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "load_recipe", "parse_recipe", "with_calibration_text"]
+__all__ = ["Recipe", "ExportConfig", "TaskConfig", "FinetuneConfig", "DistillConfig", "EvaluateConfig", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "BudgetTarget", "load_recipe", "parse_recipe", "with_calibration_text"]

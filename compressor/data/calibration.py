@@ -1,9 +1,11 @@
-"""Calibration inputs: batches of (input_ids, attention_mask), right-padded.
+"""Calibration inputs: batches of (input_ids, attention_mask[, labels]), right-padded.
 
 - random_tokens: random vocabulary ids wrapped in the model's special tokens, lengths
   uniform in [min_length, max_length]. Needs no data at all (zero-shot).
 - text_file: one text per line, the first num_sequences non-empty lines.
-- glue: a GLUE task's texts from a local TSV folder or the hub.
+- glue: a GLUE task's texts from a local TSV folder or the hub, with their labels
+  (class ids, or scores for STS-B) for scorers that need the task loss (fisher);
+  the test split has none.
 
 Sequences are sorted by length before batching so padding (wasted compute) is small.
 """
@@ -18,13 +20,14 @@ import torch
 
 from ..errors import CompressorError
 from ..recipe import CalibrationConfig
-from .glue import glue_texts
+from .glue import glue_texts, load_glue
 
 
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [batch, seq]
     attention_mask: torch.Tensor  # [batch, seq]
+    labels: torch.Tensor | None = None  # [batch] int64 class ids or float32 scores; glue source only
 
 
 def _special_ids(tokenizer, config) -> tuple[list[int], list[int], set[int]]:
@@ -49,7 +52,7 @@ def _pad_id(tokenizer, config) -> int:
     return 0
 
 
-def _batches(seqs: list[list[int]], batch_size: int, pad_id: int) -> list[Batch]:
+def _batches(seqs: list[list[int]], batch_size: int, pad_id: int, labels: np.ndarray | None = None) -> list[Batch]:
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = []
     for start in range(0, len(order), batch_size):
@@ -60,7 +63,8 @@ def _batches(seqs: list[list[int]], batch_size: int, pad_id: int) -> list[Batch]
         for row, s in enumerate(chunk):
             ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[row, : len(s)] = 1
-        out.append(Batch(ids, mask))
+        y = None if labels is None else torch.from_numpy(labels[order[start : start + batch_size]])
+        out.append(Batch(ids, mask, y))
     return out
 
 
@@ -86,6 +90,7 @@ def _encode_texts(texts: list[tuple[str, ...]], tokenizer, cfg: CalibrationConfi
 
 def calibration_batches(cfg: CalibrationConfig, tokenizer, config, seed: int) -> list[Batch]:
     pad = _pad_id(tokenizer, config)
+    labels = None
     if cfg.source == "random_tokens":
         seqs = random_token_sequences(cfg, tokenizer, config, seed)
     elif cfg.source == "text_file":
@@ -98,7 +103,12 @@ def calibration_batches(cfg: CalibrationConfig, tokenizer, config, seed: int) ->
             raise CompressorError(f"calibration text file {path} has no non-empty line")
         seqs = _encode_texts(texts, tokenizer, cfg)
     elif cfg.source == "glue":
-        seqs = _encode_texts(glue_texts(cfg.task, cfg.data_dir, cfg.split), tokenizer, cfg)
+        if cfg.split == "test":  # GLUE's test splits carry no labels
+            seqs = _encode_texts(glue_texts(cfg.task, cfg.data_dir, cfg.split), tokenizer, cfg)
+        else:
+            split = load_glue(cfg.task, cfg.data_dir, cfg.split)
+            seqs = _encode_texts(split.texts, tokenizer, cfg)
+            labels = np.ascontiguousarray(split.labels[: len(seqs)])
     else:  # the recipe schema already limits the choices
         raise ValueError(cfg.source)
-    return _batches(seqs, cfg.batch_size, pad)
+    return _batches(seqs, cfg.batch_size, pad, labels)

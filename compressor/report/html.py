@@ -71,7 +71,18 @@ def _summary(metrics: dict) -> str:
             f'{_esc(before["architecture"])} ({_esc(before["model_type"])}), {len(before["heads_per_layer"])} layers, '
             f'head size {_esc(before.get("head_dim", "?"))}.</p>'
             f"{_table(('', 'before', 'after', 'kept'), rows)}"
-            f'<p class="note">FLOPs at sequence length {metrics["flops_seq_len"]}.</p></section>')
+            f'<p class="note">FLOPs at sequence length {metrics["flops_seq_len"]}.</p>{_budget_note(metrics)}</section>')
+
+
+def _budget_note(metrics: dict) -> str:
+    b = metrics.get("budget")
+    if not b:
+        return ""
+    (kind, asked), = b["asked"].items()
+    got = b["achieved"]
+    return (f'<p>Budget: keep at most {asked:.2%} of {"encoder FLOPs" if kind == "flops" else "head/neuron parameters"}'
+            f' ({_esc(b["split"])} split); kept {got["flops"]:.2%} of encoder FLOPs and {got["params"]:.2%} of '
+            f'head/neuron parameters{"" if b["within_one_unit"] else " (NOT within one unit of the budget)"}.</p>')
 
 
 def _kept(metrics: dict, plan: dict) -> str:

@@ -48,6 +48,12 @@ class CaptureBatch:
     summary_index: torch.Tensor  # [batch] position of the [CLS]-like token
     attentions: tuple[torch.Tensor, ...] | None  # per layer [batch, heads_l, seq(q), seq(k)]
     ffn_summary: tuple[torch.Tensor, ...] | None  # per layer [batch, neurons_l], after the activation
+    # needs "gradients" only (compressor.masking.mask_gradients): per-example gradients of
+    # the scorer's own losses() w.r.t. each head's / neuron's mask, per layer
+    # [probes, batch, heads_l] and [probes, batch, neurons_l]
+    head_grads: tuple[torch.Tensor, ...] | None = None
+    neuron_grads: tuple[torch.Tensor, ...] | None = None
+    labels: torch.Tensor | None = None  # [batch] calibration labels when the source has them
     # Buffers reused from batch to batch (run_capture passes one dict for the whole run):
     # allocating a fresh copy of all attention maps per batch costs more in page faults
     # than filling it. Scorers reduce each batch before the next, so reuse is safe.
@@ -91,8 +97,14 @@ class Scorer:
     its ScorerSpec in specs.py (readable without torch). A plug-in sets them here."""
 
     name: ClassVar[str]
-    needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"attentions", "ffn_summary"}
+    # subset of {"attentions", "ffn_summary"} (one no-grad pass shared by all scorers) or
+    # {"gradients"} (a gradient-enabled pass of its own: capture calls losses() on the
+    # model's output and hands update() the per-example mask gradients)
+    needs: ClassVar[frozenset[str]] = frozenset()
     produces: ClassVar[frozenset[str]] = frozenset()  # subset of {"heads", "neurons"}
+    # True when head and neuron scores are on one scale (comparable across kinds and
+    # layers), so a shared budget can rank them together (targets.budget, split: auto)
+    shared_scale: ClassVar[bool] = False
     params: ClassVar[dict[str, Field]] = {}
     spec: ClassVar[ScorerSpec]
 
@@ -104,10 +116,11 @@ class Scorer:
         if name in SPECS:
             spec = SPECS[name]
             cls.needs, cls.produces, cls.params = spec.needs, spec.produces, spec.params
-            cls.follows_head_ratio = spec.follows_head_ratio
+            cls.follows_head_ratio, cls.shared_scale = spec.follows_head_ratio, spec.shared_scale
         else:
             spec = ScorerSpec(name, cls.__module__, frozenset(cls.produces), frozenset(cls.needs), dict(cls.params),
-                              bool(getattr(cls, "follows_head_ratio", False)))
+                              bool(getattr(cls, "follows_head_ratio", False)), shared_scale=cls.shared_scale,
+                              labels=lambda p, cls=cls: cls.needs_labels(p))
         cls.spec = spec
 
     @classmethod
@@ -119,6 +132,18 @@ class Scorer:
 
     def begin(self, ctx: ScoringContext) -> None:
         self.ctx = ctx
+
+    @classmethod
+    def needs_labels(cls, params: dict[str, Any]) -> bool:
+        """Whether, with these (checked) params, the scorer needs labelled calibration
+        (a built-in scorer answers through its spec)."""
+        spec = SPECS.get(cls.__dict__.get("name", ""))
+        return spec.needs_labels(params) if spec is not None else False
+
+    def losses(self, output: Any, batch: CaptureBatch) -> list[torch.Tensor]:
+        """needs "gradients": scalar losses (each a sum of per-example losses) whose mask
+        gradients update() receives; one per probe."""
+        raise NotImplementedError
 
     def update(self, batch: CaptureBatch) -> None:
         """Called once per calibration batch; scorers with no ``needs`` are never called."""

@@ -38,6 +38,14 @@ class ScorerSpec:
     # When a recipe leaves ``ratio`` out, it follows targets.heads.ratio.
     follows_head_ratio: bool = False
     check: Callable[[dict[str, Any], str], None] | None = None  # cross-field checks
+    # True when head and neuron scores are on one scale (comparable across kinds and
+    # layers), so a shared budget can rank them together (targets.budget, split: auto)
+    shared_scale: bool = False
+    # whether, with given (checked) params, the scorer needs labelled calibration
+    labels: Callable[[dict[str, Any]], bool] | None = None
+
+    def needs_labels(self, params: dict[str, Any]) -> bool:
+        return bool(self.labels(params)) if self.labels is not None else False
 
     def check_params(self, data: Any, path: str) -> dict[str, Any]:
         p = check_mapping(data, self.params, path)
@@ -110,6 +118,13 @@ SPECS: dict[str, ScorerSpec] = {s.name: s for s in (
     ScorerSpec("topology", "compressor.topology.heads", _HEADS, _ATTN, params={
         "max_dimension": Field("int", 1, lo=0, hi=2, help="homology up to H1 (H2 is slower)"),
     }),
+    ScorerSpec("fisher", "compressor.scorers.fisher", _BOTH, frozenset({"gradients"}), params={
+        "label_free": Field("choice", None, choices=("output",), nullable=True,
+                            help="unset: the task loss from labels; output: Gauss-Newton diagonal of the final hidden states"),
+        "probes": Field("int", 1, lo=1, help="label_free: random probes per example (one backward each)"),
+        "seed": Field("int", None, lo=0, nullable=True, help="label_free probes; defaults to the recipe seed"),
+        "blocks": Field("bool", True, help="keep per-layer Fisher matrices for the budget's mask rearrangement"),
+    }, shared_scale=True, labels=lambda p: p.get("label_free") is None),
 )}
 
 

@@ -84,7 +84,7 @@ def bad_cases(tmp_path: Path, model: Path):
     return [
         (["--recipe", str(tmp_path / "nope.yaml")], "recipe file not found"),
         (["--recipe", str(tmp_path / "syntax.yaml")], "not valid YAML at line 2"),
-        (["--recipe", str(tmp_path / "scorer.yaml")], "unknown scorer 'magic'; available: head_types, magnitude, persistence, random, redundancy, sieve_roles"),
+        (["--recipe", str(tmp_path / "scorer.yaml")], "unknown scorer 'magic'; available: fisher, head_types, magnitude, persistence, random, redundancy, sieve_roles"),
         (["--recipe", str(tmp_path / "ratio.yaml")], "'targets.heads.ratio' must be a number in [0, 1]; got 2"),
         (["--recipe", str(tmp_path / "nomodel.yaml")], "model path does not exist"),
         (["--recipe", str(tmp_path / "hub.yaml")], "could not load model 'someone/no-such-model': not a local folder and HF_HUB_OFFLINE is set"),

@@ -22,7 +22,7 @@ def test_valid_recipe_fills_defaults():
         ({**BASE, "targets": {"heads": {"ratio": 1.5}}}, r"'targets.heads.ratio' must be a number in \[0, 1\]; got 1.5"),
         ({**BASE, "targets": {"heads": {"ratio": "half"}}}, r"'targets.heads.ratio' must be a number"),
         ({**BASE, "targets": {"heads": {"ratio": 0.5, "scope": "layer"}}}, r"must be one of global, per_layer; got 'layer'"),
-        ({**BASE, "scorers": [{"name": "magic"}]}, r"unknown scorer 'magic'; available: head_types, magnitude, persistence, random, redundancy, sieve_roles"),
+        ({**BASE, "scorers": [{"name": "magic"}]}, r"unknown scorer 'magic'; available: fisher, head_types, magnitude, persistence, random, redundancy, sieve_roles"),
         ({**BASE, "scorers": [{"name": "persistence", "params": {"statistic": "max"}}]},
          r"'scorers\[0\].params.statistic' must be one of max_death"),
         ({**BASE, "calibration": {"source": "wiki"}}, r"'calibration.source' must be one of random_tokens, text_file, glue"),
