@@ -46,6 +46,7 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
     compress finetune --model DIR --task sst2 --data-dir GLUE_DIR --output DIR
     compress evaluate --model DIR_OR_ONNX --task sst2 --data-dir GLUE_DIR
     compress analyze --model default [--model OTHER] --output DIR
+    compress reconstruct --model PRUNED --reference ORIGINAL --output DIR
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log = logging.getLogger("compressor")
@@ -201,6 +202,48 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
     for dim, v in res.get("comparison", {}).items():
         click.echo(f"{dim}: bottleneck {v['bottleneck']:.4f}, Wasserstein-1 {v['wasserstein']:.4f}")
     click.echo(f"wrote {output}/ (report.html, analysis.json, model*/ with distances, diagrams, PNGs)")
+
+
+@main.command()
+@click.option("--model", "model", required=True, help="The pruned model folder (written by compress or compress prune).")
+@click.option("--reference", required=True, help="The unpruned model it was pruned from: a folder, 'default' or a hub id.")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the reconstructed model.")
+@click.option("--calibration-text", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Text file, one text per line (default: random token sequences).")
+@click.option("--task", default=None, help="Or a GLUE task's texts (with --data-dir).")
+@click.option("--data-dir", default=None, help="Folder in the GLUE TSV layout, for --task.")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "dev", "validation", "test"]),
+              help="GLUE split for --task.")
+@click.option("--num-sequences", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(2, 4096))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--ridge", default=1e-3, show_default=True, type=click.FloatRange(0),
+              help="Pull toward the pruned weights, relative to the inputs' mean squared norm.")
+@click.option("--kinds", default="both", show_default=True, type=click.Choice(["both", "attention", "ffn"]),
+              help="Which output projections to re-fit.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def reconstruct(model, reference, output, calibration_text, task, data_dir, split, num_sequences, max_length, batch_size,
+                ridge, kinds, seed, overwrite, quiet):
+    """Re-fit a pruned model's output projections (attention out, FFN out) by ridge least
+    squares so each layer's output matches the unpruned reference's, layer by layer."""
+    from .pipeline import run_reconstruct
+    from .recipe import CalibrationConfig, ReconstructConfig
+
+    if calibration_text is not None and task is not None:
+        raise CompressorError("give --calibration-text or --task, not both")
+    source = "text_file" if calibration_text else "glue" if task else "random_tokens"
+    cal = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
+                            min_length=min(16, max_length), max_length=max_length,
+                            path=str(calibration_text) if calibration_text else None, task=task, data_dir=data_dir,
+                            split=split)
+    res = run_reconstruct(model, reference, output, cal, ReconstructConfig(ridge=ridge, kinds=kinds), seed, overwrite,
+                          progress=not quiet)
+    for lf in res["layers"]:
+        fits = ", ".join(f"{f['kind']} {'kept' if f['kept'] else 'undone'}" for f in lf["fits"])
+        click.echo(f"layer {lf['layer']}: output error {lf['error_surgery']:.4g} -> {lf['error_reconstructed']:.4g} ({fits})")
+    click.echo(f"{res['tokens']:,} calibration tokens, {res['seconds']:.1f} s; wrote {output}/ (the model and reconstruct.json)")
 
 
 _DATA_DIR_HELP = "Folder in the GLUE TSV layout (<dir>/SST-2/dev.tsv ...); the hub when not given."
