@@ -238,6 +238,10 @@ def solve_ridge(gram: torch.Tensor, cross: torch.Tensor, current: torch.Tensor, 
     pen[-1] = 0.0
     lhs = gram + torch.diag(pen)
     rhs = cross + pen[:, None] * current
+    if lam > 0:  # positive definite: the bias block is the token count, the rest X^T X + lam I
+        chol, info = torch.linalg.cholesky_ex(lhs)
+        if int(info) == 0:
+            return torch.cholesky_solve(rhs, chol)
     # gelsd (SVD) also gives the minimum-norm answer when ridge 0 leaves lhs singular
     # (inputs that are constant or collinear on the calibration tokens)
     return torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution
@@ -296,21 +300,25 @@ def reconstruct(
             ``collect`` sublayers, and its outputs (the next layer's inputs)."""
             return _pruned_pass(adapter_pruned, layer, inputs_p, masks, ref, collect)
 
-        err, stats, outs = run(kinds)
+        # each pass collects the statistics of the next sublayer only: the FFN's inputs
+        # depend on the attention refit, so they are gathered after it is settled
+        err, stats, outs = run(kinds[:1])
         fit = LayerFit(layer, surgery[layer], err)
         for k, kind in enumerate(kinds):
             proj = adapter_pruned.module(layer, SUBLAYERS[kind][0])
             old = _current(proj)
             gram, cross = stats[kind]
             _assign(proj, solve_ridge(gram, cross, old, cfg.ridge))
-            new_err, new_stats, new_outs = run(kinds[k + 1:])
+            nxt = kinds[k + 1 : k + 2]
+            new_err, new_stats, new_outs = run(nxt)
             kept = new_err <= err
             fit.fits.append(SublayerFit(kind, int(gram.shape[0] - 1), err, new_err if kept else err, kept))
             if kept:
-                err, outs = new_err, new_outs
-                stats.update(new_stats)  # later sublayers see the re-fit one
+                err, outs, stats = new_err, new_outs, new_stats
             else:
-                _assign(proj, old)  # the earlier pass's statistics and outputs are those of `old`
+                _assign(proj, old)  # back to the state the earlier pass measured (its error and outputs)
+                if nxt:  # the next sublayer's statistics must see `old` (rare: one more pass)
+                    _, stats, _ = run(nxt)
         fit.error_reconstructed = err
         results.append(fit)
         inputs_p.hidden, inputs_u.hidden = outs, next_u
