@@ -217,7 +217,7 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
 @click.option("--num-sequences", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(2, 4096))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--ridge", default=1e-3, show_default=True, type=click.FloatRange(0),
+@click.option("--ridge", default=0.1, show_default=True, type=click.FloatRange(0),
               help="Pull toward the pruned weights, relative to the inputs' mean squared norm.")
 @click.option("--kinds", default="both", show_default=True, type=click.Choice(["both", "attention", "ffn"]),
               help="Which output projections to re-fit.")

@@ -116,7 +116,7 @@ EVALUATE = {
 RECONSTRUCT_KINDS = ("both", "attention", "ffn")
 
 RECONSTRUCT = {
-    "ridge": Field("float", 1e-3, lo=0.0,
+    "ridge": Field("float", 0.1, lo=0.0,
                    help="pull toward the pruned weights, relative to the mean diagonal of the inputs' Gram matrix"),
     "num_sequences": Field("int", None, lo=1, nullable=True,
                            help="fit on this many calibration sequences (default: all of calibration)"),
@@ -211,7 +211,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class ReconstructConfig:
-    ridge: float = 1e-3
+    ridge: float = 0.1
     num_sequences: int | None = None
     kinds: str = "both"
 
