@@ -26,7 +26,7 @@ from .metrics import FLOPS_SEQ_LEN, encoder_flops_per_token
 from .models import load_model, load_tokenizer, model_summary, resolve_model, save_model
 from .outputs import atomic_output, check_output
 from .planning import make_plan
-from .recipe import ExportConfig, ReconstructConfig, Recipe
+from .recipe import ExportConfig, Recipe, ReconstructConfig
 from .report.html import render_report
 from .scorers import SCORERS, ScoringContext
 from .surgery.prune import apply_plan

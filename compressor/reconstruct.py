@@ -295,7 +295,7 @@ def reconstruct(
     for layer in tqdm(range(n_layers), desc="reconstruct", unit="layer", disable=not progress):
         ref, next_u = _reference_layer(original, adapter_original, layer, inputs_u, masks)
 
-        def run(collect: Sequence[str]):
+        def run(collect: Sequence[str], layer: int = layer, ref: list = ref):
             """One pass of the pruned layer: its output error, the Gram statistics of the
             ``collect`` sublayers, and its outputs (the next layer's inputs)."""
             return _pruned_pass(adapter_pruned, layer, inputs_p, masks, ref, collect)

@@ -10,7 +10,12 @@ from compressor.data.calibration import calibration_batches
 from compressor.data.glue import glue_texts
 from compressor.models import load_tokenizer
 from compressor.planning import make_plan
-from compressor.recipe import CalibrationConfig, HeadTarget, NeuronTarget, ReconstructConfig
+from compressor.recipe import (
+    CalibrationConfig,
+    HeadTarget,
+    NeuronTarget,
+    ReconstructConfig,
+)
 from compressor.reconstruct import reconstruct
 from compressor.scorers import SCORERS, ScoringContext
 from tests.conftest import SHARED
