@@ -18,7 +18,7 @@ def _fail(message: str) -> None:
 
 
 def _precheck(models: tuple[str, ...] = (), output: Path | None = None, overwrite: bool = False,
-              files: tuple[Path, ...] = ()) -> list[str]:
+              files: tuple[tuple[Path, str], ...] = ()) -> list[str]:
     """What can be checked before torch and transformers load (seconds on a busy
     machine): model paths, input files and the output folder. Returns the resolved
     models."""
@@ -26,9 +26,9 @@ def _precheck(models: tuple[str, ...] = (), output: Path | None = None, overwrit
     from .outputs import check_output
 
     sources = [resolve_model(m) for m in models]
-    for f in files:
+    for f, what in files:
         if not Path(f).expanduser().is_file():
-            raise CompressorError(f"file not found: {f}")
+            raise CompressorError(f"{what} not found: {Path(f).expanduser()}")
     if output is not None:
         check_output(output, overwrite, protect=[Path(s) for s in sources if Path(s).exists()])
     return sources
@@ -63,6 +63,7 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
     compress finetune --model DIR --task sst2 --data-dir GLUE_DIR --output DIR
     compress evaluate --model DIR_OR_ONNX --task sst2 --data-dir GLUE_DIR
     compress analyze --model default [--model OTHER] --output DIR
+    compress reconstruct --model PRUNED --reference ORIGINAL --output DIR
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log = logging.getLogger("compressor")
@@ -119,7 +120,7 @@ def prune(model, plan, output, overwrite, quiet):
     """Replay a saved pruning plan on a model."""
     from .types import PruningPlan
 
-    _precheck((model,), output, overwrite, (plan,))
+    _precheck((model,), output, overwrite, ((plan, "plan file"),))
     PruningPlan.load(plan)  # a malformed plan fails before the model loads
     from .pipeline import run_plan
 
@@ -223,7 +224,7 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
         from .data.glue import glue_task
 
         glue_task(task)
-    _precheck(models, output, overwrite, (calibration_text,) if calibration_text else ())
+    _precheck(models, output, overwrite, ((calibration_text, "calibration text file"),) if calibration_text else ())
     from .analyze import analyze as run_analyze
     source = "text_file" if calibration_text else "glue" if task else "random_tokens"
     cfg = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
@@ -236,6 +237,53 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
     for dim, v in res.get("comparison", {}).items():
         click.echo(f"{dim}: bottleneck {v['bottleneck']:.4f}, Wasserstein-1 {v['wasserstein']:.4f}")
     click.echo(f"wrote {output}/ (report.html, analysis.json, model*/ with distances, diagrams, PNGs)")
+
+
+@main.command()
+@click.option("--model", "model", required=True, help="The pruned model folder (written by compress or compress prune).")
+@click.option("--reference", required=True, help="The unpruned model it was pruned from: a folder, 'default' or a hub id.")
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the reconstructed model.")
+@click.option("--calibration-text", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Text file, one text per line (default: random token sequences).")
+@click.option("--task", default=None, help="Or a GLUE task's texts (with --data-dir).")
+@click.option("--data-dir", default=None, help="Folder in the GLUE TSV layout, for --task.")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "dev", "validation", "test"]),
+              help="GLUE split for --task.")
+@click.option("--num-sequences", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(2, 4096))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--ridge", default=0.1, show_default=True, type=click.FloatRange(0),
+              help="Pull toward the pruned weights, relative to the inputs' mean squared norm.")
+@click.option("--kinds", default="both", show_default=True, type=click.Choice(["both", "attention", "ffn"]),
+              help="Which output projections to re-fit.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def reconstruct(model, reference, output, calibration_text, task, data_dir, split, num_sequences, max_length, batch_size,
+                ridge, kinds, seed, overwrite, quiet):
+    """Re-fit a pruned model's output projections (attention out, FFN out) by ridge least
+    squares so each layer's output matches the unpruned reference's, layer by layer."""
+    from .recipe import CalibrationConfig, ReconstructConfig
+
+    if calibration_text is not None and task is not None:
+        raise CompressorError("give --calibration-text or --task, not both")
+    if task is not None:
+        from .data.glue import glue_task
+
+        glue_task(task)
+    _precheck((model, reference), output, overwrite, ((calibration_text, "calibration text file"),) if calibration_text else ())
+    from .pipeline import run_reconstruct
+    source = "text_file" if calibration_text else "glue" if task else "random_tokens"
+    cal = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
+                            min_length=min(16, max_length), max_length=max_length,
+                            path=str(calibration_text) if calibration_text else None, task=task, data_dir=data_dir,
+                            split=split)
+    res = run_reconstruct(model, reference, output, cal, ReconstructConfig(ridge=ridge, kinds=kinds), seed, overwrite,
+                          progress=not quiet)
+    for lf in res["layers"]:
+        fits = ", ".join(f"{f['kind']} {'kept' if f['kept'] else 'undone'}" for f in lf["fits"])
+        click.echo(f"layer {lf['layer']}: output error {lf['error_surgery']:.4g} -> {lf['error_reconstructed']:.4g} ({fits})")
+    click.echo(f"{res['tokens']:,} calibration tokens, {res['seconds']:.1f} s; wrote {output}/ (the model and reconstruct.json)")
 
 
 _DATA_DIR_HELP = "Folder in the GLUE TSV layout (<dir>/SST-2/dev.tsv ...); the hub when not given."

@@ -1,7 +1,7 @@
 """Runs a recipe's stages in order:
 
 load -> [fine-tune base] -> [evaluate original] -> capture -> score -> plan -> surgery
--> [recovery fine-tune, optionally distilled from the unpruned model] -> save -> [export]
+-> [reconstruct] -> [recovery fine-tune, optionally distilled from the unpruned model] -> save -> [export]
 -> [evaluate the pruned model, and its ONNX graphs] -> report.
 """
 
@@ -25,7 +25,7 @@ from .models import load_model, load_tokenizer, model_summary, resolve_model, sa
 from .outputs import atomic_output, check_output
 from .planning import check_budget, make_plan, plan_budget
 from .progress import StageTimer
-from .recipe import ExportConfig, Recipe, default_output
+from .recipe import ExportConfig, Recipe, ReconstructConfig, default_output
 from .report.html import render_report
 from .scorers import SCORERS, ScoringContext
 from .surgery.prune import apply_plan
@@ -84,6 +84,11 @@ def run_recipe(
     if recipe.evaluate is not None and recipe.evaluate.latency:
         # the teacher is only run forward, so it doubles as the unpruned latency reference
         original = teacher if teacher is not None else copy.deepcopy(net)
+    reference = None
+    if recipe.reconstruct is not None:
+        # reconstruct fits the pruned layers to the unpruned model, which is only run
+        # forward: share the teacher / latency copy when there is one
+        reference = teacher if teacher is not None else original if original is not None else copy.deepcopy(net).eval()
     adapter = adapter_for(net)
     layout = adapter.layout()
 
@@ -115,9 +120,26 @@ def run_recipe(
             neurons = results[recipe.neurons.scorer].neurons if recipe.neurons else None
             plan = make_plan(layout, heads, neurons, recipe.heads, recipe.neurons, source=plan_source)
 
+    recon_batches = None
+    if recipe.reconstruct is not None:
+        from .reconstruct import check_tokens
+
+        with timer("calibration"):
+            recon_batches = _reconstruct_batches(recipe, tokenizer, net, batches)
+        # too few tokens for the least squares fails here, before surgery and before anything is written
+        check_tokens(plan.kept_layout(layout), recipe.reconstruct.sublayers, recon_batches)
+
     with timer("surgery"):
         apply_plan(net, plan, inplace=True)
         after = _size_summary(net)
+    reconstruction = None
+    if recipe.reconstruct is not None:
+        from .reconstruct import reconstruct
+
+        with timer("reconstruct"):
+            reconstruction = reconstruct(net, reference, adapter_for(net), adapter_for(reference), recon_batches,
+                                         recipe.reconstruct, progress=progress)
+        del reference, recon_batches
     if recipe.finetune_recovery is not None:
         with timer("finetune_recovery"):
             net, res = finetune(net, tokenizer, task_data["train"], recipe.finetune_recovery, recipe.task.max_length,
@@ -140,6 +162,8 @@ def run_recipe(
         b = plan.source["budget"]
         metrics["budget"] = {"asked": b["asked"], "achieved": {k: b["achieved"][k] for k in ("flops", "params")},
                              "within_one_unit": b["within_one_unit"], "split": b["split"]}
+    if reconstruction is not None:
+        metrics["reconstruct"] = reconstruction.to_json()
     with atomic_output(output, overwrite) as tmp:
         with timer("save"):
             save_model(net, tmp / "model", tokenizer)
@@ -195,6 +219,16 @@ def _budget_plan(net, adapter, layout, recipe: Recipe, results, batches, source:
         source = {**source, "split_loss": evaluate.mode}
     return plan_budget(layout, results[b.head_scorer].heads, results[b.neuron_scorer].neurons, b,
                        evaluate=evaluate, bias=_has_bias(net), source=source)
+
+
+def _reconstruct_batches(recipe: Recipe, tokenizer, net, batches):
+    """The capture's calibration batches, or the recipe's calibration built now (when no
+    scorer needed it, or reconstruct asks for a different number of sequences)."""
+    n = recipe.reconstruct.num_sequences
+    if batches is not None and (n is None or n == recipe.calibration.num_sequences):
+        return batches
+    cal = recipe.calibration if n is None else dataclasses.replace(recipe.calibration, num_sequences=n)
+    return calibration_batches(cal, tokenizer, net.config, recipe.seed)
 
 
 def _task_data(recipe: Recipe, net) -> dict:
@@ -304,3 +338,26 @@ def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path,
                                                        "teacher": teacher, **res.to_json()}, indent=2) + "\n")
     return res
 
+
+
+def run_reconstruct(model_name: str, reference_name: str, output: Path, calibration, cfg: ReconstructConfig,
+                    seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
+    """Re-fit a pruned model's output projections to its unpruned reference (see
+    compressor/reconstruct.py); the output folder is the reconstructed model plus reconstruct.json."""
+    from .reconstruct import check_derived, check_tokens, reconstruct
+
+    source, ref_source = resolve_model(model_name), resolve_model(reference_name)
+    check_output(output, overwrite, protect=_local_inputs(source, ref_source))
+    net = load_model(model_name, attn_implementation=None)
+    ref = load_model(reference_name, attn_implementation=None)
+    adapter, ref_adapter = adapter_for(net), adapter_for(ref)
+    check_derived(adapter.layout(), ref_adapter.layout())
+    tokenizer = load_tokenizer(model_name)
+    batches = calibration_batches(calibration, tokenizer, net.config, seed)
+    check_tokens(adapter.layout(), cfg.sublayers, batches)
+    result = reconstruct(net, ref, adapter, ref_adapter, batches, cfg, progress=progress)
+    out = {"model": model_name, "reference": reference_name, "calibration": calibration.__dict__, **result.to_json()}
+    with atomic_output(output, overwrite) as tmp:
+        save_model(net, tmp, tokenizer)
+        (tmp / "reconstruct.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out

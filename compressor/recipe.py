@@ -37,6 +37,7 @@ TOP = {
     "finetune": Field("mapping", None, nullable=True),
     "evaluate": Field("mapping", None, nullable=True),
     "description": Field("str", None, nullable=True),
+    "reconstruct": Field("mapping", None, nullable=True, help="after surgery, re-fit the output projections"),
 }
 
 CALIBRATION = {
@@ -127,6 +128,16 @@ EVALUATE = {
     "original": Field("bool", True, help="also score the unpruned model, for the comparison"),
     "onnx": Field("bool", True, help="also score the exported ONNX graphs (needs export)"),
     "latency": Field("bool", True, help="time the pruned model against the original (PyTorch, batch 8 x 128)"),
+}
+
+RECONSTRUCT_KINDS = ("both", "attention", "ffn")
+
+RECONSTRUCT = {
+    "ridge": Field("float", 0.1, lo=0.0,
+                   help="pull toward the pruned weights, relative to the mean diagonal of the inputs' Gram matrix"),
+    "num_sequences": Field("int", None, lo=1, nullable=True,
+                           help="fit on this many calibration sequences (default: all of calibration)"),
+    "kinds": Field("choice", "both", choices=RECONSTRUCT_KINDS, help="which output projections are re-fit"),
 }
 
 SCORER_ENTRY = {"name": Field("str"), "params": Field("mapping", None, nullable=True)}
@@ -233,6 +244,17 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ReconstructConfig:
+    ridge: float = 0.1
+    num_sequences: int | None = None
+    kinds: str = "both"
+
+    @property
+    def sublayers(self) -> tuple[str, ...]:
+        return ("attention", "ffn") if self.kinds == "both" else (self.kinds,)
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     model: str = "default"
@@ -249,6 +271,7 @@ class Recipe:
     finetune_base: FinetuneConfig | None = None
     finetune_recovery: FinetuneConfig | None = None
     evaluate: EvaluateConfig | None = None
+    reconstruct: ReconstructConfig | None = None
 
 
 def _check_task(data: Any) -> TaskConfig:
@@ -471,6 +494,8 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         finetune_base=base,
         finetune_recovery=recovery,
         evaluate=evaluate,
+        reconstruct=(ReconstructConfig(**check_mapping(top["reconstruct"], RECONSTRUCT, "reconstruct"))
+                     if top["reconstruct"] is not None else None),
     )
 
 
@@ -500,4 +525,4 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, name=p.stem)
 
 
-__all__ = ["Recipe", "ExportConfig", "TaskConfig", "FinetuneConfig", "DistillConfig", "EvaluateConfig", "CalibrationConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "BudgetTarget", "load_recipe", "parse_recipe", "with_calibration_text"]
+__all__ = ["Recipe", "ExportConfig", "TaskConfig", "FinetuneConfig", "DistillConfig", "EvaluateConfig", "CalibrationConfig", "ReconstructConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "BudgetTarget", "load_recipe", "parse_recipe", "with_calibration_text"]

@@ -49,6 +49,12 @@ class ArchSpec:
     # A layer with no heads left returns either an empty context (the out projection
     # lives outside attn_core and adds its bias) or the projected output itself.
     empty_attention_returns: Literal["context", "projection"] = "context"
+    # Where a sublayer's residual sum proj(x) + residual can be read: the path of the
+    # module whose first input it is (BERT's post-norm LayerNorm, GPT-2's ln_2), or ""
+    # when it is the layer's own output (GPT-2's FFN). None: not declared, so the
+    # reconstruct stage cannot run on this architecture.
+    attn_residual_sum: str | None = None
+    ffn_residual_sum: str | None = None
 
 
 @dataclass(frozen=True)

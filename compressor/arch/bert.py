@@ -19,5 +19,7 @@ BERT = register(
         width_attrs=("all_head_size",),
         summary_token="first",
         empty_attention_returns="context",
+        attn_residual_sum="attention.output.LayerNorm",
+        ffn_residual_sum="output.LayerNorm",
     )
 )

@@ -18,5 +18,7 @@ GPT2 = register(
         summary_token="last",
         causal=True,
         empty_attention_returns="projection",
+        attn_residual_sum="ln_2",
+        ffn_residual_sum="",
     )
 )

@@ -139,3 +139,19 @@ def persistence_diagram(named: dict[str, dict], title: str) -> bytes:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def layer_errors(before: list[float], after: list[float], title: str) -> bytes:
+    """Per-layer output error before and after reconstruction, grouped bars on a log axis."""
+    plt = _plt()
+    x = np.arange(len(before))
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    floor = 1e-12  # a log axis cannot show an exact zero
+    ax.bar(x - 0.2, np.maximum(before, floor), 0.4, label="after surgery", color="#c44")
+    ax.bar(x + 0.2, np.maximum(after, floor), 0.4, label="reconstructed", color="#48c")
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"L{i}" for i in x])
+    ax.set_ylabel("relative squared error")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)

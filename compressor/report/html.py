@@ -95,6 +95,29 @@ def _kept(metrics: dict, plan: dict) -> str:
             f"{_table(('layer', 'heads before', 'heads after', 'FFN before', 'FFN after'), rows)}</section>")
 
 
+def _reconstruct(metrics: dict) -> str:
+    rec = metrics.get("reconstruct")
+    if not rec:
+        return ""
+    layers = rec["layers"]
+    before = [lf["error_surgery"] for lf in layers]
+    after = [lf["error_reconstructed"] for lf in layers]
+    png = figures.layer_errors(before, after, "layer output error vs the unpruned model")
+
+    def kept(lf, kind):
+        f = next((f for f in lf["fits"] if f["kind"] == kind), None)
+        return "-" if f is None else "kept" if f["kept"] else "undone"
+
+    rows = [(lf["layer"], f"{lf['error_surgery']:.3g}", f"{lf['error_reconstructed']:.3g}", kept(lf, "attention"),
+             kept(lf, "ffn")) for lf in layers]
+    return (f'<section id="reconstruct"><h2>Reconstruction</h2><p>Output projections re-fit by ridge least squares '
+            f'(ridge {rec["ridge"]:g}, {_esc(rec["kinds"])}) on {rec["tokens"]:,} calibration tokens in '
+            f'{rec["seconds"]:.1f} s. Error: {_esc(rec["error"])}; a refit that made it larger is undone.</p>'
+            f'{img(png, "layer output error before and after reconstruction")}'
+            f"{_table(('layer', 'error after surgery', 'error reconstructed', 'attention refit', 'FFN refit'), rows)}"
+            "</section>")
+
+
 def _evaluation(metrics: dict) -> str:
     ev = metrics.get("evaluation")
     lat = metrics.get("latency")
@@ -208,6 +231,7 @@ def render_report(metrics: dict, plan: dict, results: dict | None = None) -> str
     body = "\n".join([
         _summary(metrics),
         _kept(metrics, plan),
+        _reconstruct(metrics),
         _evaluation(metrics),
         _scores(results, layout_heads),
         _barcode_from_js(results, layout_heads),

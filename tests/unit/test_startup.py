@@ -44,12 +44,16 @@ def _probe(args: list[str], cwd) -> tuple[int, list[str], str]:
     (["evaluate", "--model", "m", "--task", "sst3"], 2, "unknown GLUE task"),
     (["finetune", "--model", "/no/such", "--task", "sst2", "--output", "out"], 2, "model path does not exist"),
     (["analyze", "--model", "/no/such", "--output", "out"], 2, "model path does not exist"),
+    (["reconstruct", "--model", "/no/such", "--reference", "default", "--output", "out"], 2, "model path does not exist"),
+    (["--recipe", "{budget}"], 2, "targets.budget.flops"),
 ])
 def test_help_and_validation_errors_do_not_load_torch(tmp_path, args, code, message):
     (tmp_path / "typo.yaml").write_text("scorers: [magnitud]\n")
     (tmp_path / "bad_ratio.yaml").write_text("scorers: [magnitude]\ntargets: {heads: {ratio: 1.5}}\n")
+    (tmp_path / "budget.yaml").write_text("scorers: [{name: fisher, params: {label_free: output}}]\n"
+                                          "targets: {budget: {flops: 1.0}}\n")
     args = [a.format(typo=tmp_path / "typo.yaml", bad_ratio=tmp_path / "bad_ratio.yaml",
-                     missing=tmp_path / "missing.yaml") for a in args]
+                     missing=tmp_path / "missing.yaml", budget=tmp_path / "budget.yaml") for a in args]
     got, heavy, err = _probe(args, tmp_path)
     assert got == code, err
     assert "torch" not in heavy and "transformers" not in heavy, heavy
