@@ -61,11 +61,23 @@ def tiny_model(kind: str, seed: int = 0, cls=None):
 
 
 def tiny_tokenizer(folder: Path):
+    """A BERT WordPiece tokenizer over WORDS, built from a tokenizers.Tokenizer object:
+    transformers 5 ignores ``BertTokenizerFast(vocab_file=...)`` (it builds an empty
+    vocabulary), while ``tokenizer_object`` is honoured by 4.57 and 5.x alike."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tk = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tk.decoder = decoders.WordPiece()
+    tok = BertTokenizerFast(tokenizer_object=tk)
+    assert len(tok) == len(vocab) and tok("the movie")["input_ids"] == [2, 5, 7, 3]  # the fixture itself
     return tok
 
 
