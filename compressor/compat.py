@@ -50,3 +50,43 @@ def optimum_exporter_available() -> bool:
     except Exception:
         return False
     return True
+
+
+@contextlib.contextmanager
+def traceable_masks() -> Iterator[None]:
+    """Attention masks that TorchScript tracing (``torch.onnx.export(dynamo=False)``) can
+    follow, for the duration.
+
+    transformers 4.53-4.57 build every 4-D mask (the eager one too) with ``torch.vmap``,
+    which the tracer cannot record (GPT-2 fails with ``unordered_map::at``); here the same
+    mask function is evaluated on broadcast index grids instead, which gives the same
+    boolean mask. transformers 5 builds masks without vmap unless asked: nothing to do.
+    """
+    import torch
+    from transformers import masking_utils as mu
+
+    if transformers_major() >= 5 or not hasattr(mu, "_vmap_for_bhqkv"):
+        yield
+        return
+
+    def sdpa_mask_broadcast(batch_size, cache_position, kv_length, kv_offset=0, mask_function=mu.causal_mask_function,
+                            attention_mask=None, local_size=None, allow_is_causal_skip=True, **kwargs):
+        q_length = cache_position.shape[0]
+        padding_mask = mu.prepare_padding_mask(attention_mask, kv_length, kv_offset, _slice=False)
+        if allow_is_causal_skip and mu._ignore_causal_mask_sdpa(padding_mask, q_length, kv_length, kv_offset, local_size):
+            return None
+        if padding_mask is not None:
+            mask_function = mu.and_masks(mask_function, mu.padding_mask_function(padding_mask))
+        device = cache_position.device
+        b = torch.arange(batch_size, device=device)[:, None, None, None]  # [batch, 1, 1, 1]
+        h = torch.zeros(1, dtype=torch.long, device=device)[None, :, None, None]  # [1, 1, 1, 1]
+        q = cache_position[None, None, :, None]  # [1, 1, q, 1]
+        kv = (torch.arange(kv_length, device=device) + kv_offset)[None, None, None, :]  # [1, 1, 1, kv]
+        return mask_function(b, h, q, kv).expand(batch_size, 1, q_length, kv_length)  # [batch, 1, q, kv]
+
+    before = mu.sdpa_mask
+    mu.sdpa_mask = sdpa_mask_broadcast  # eager_mask calls the module-level sdpa_mask
+    try:
+        yield
+    finally:
+        mu.sdpa_mask = before

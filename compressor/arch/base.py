@@ -49,6 +49,10 @@ class ArchSpec:
     # A layer with no heads left returns either an empty context (the out projection
     # lives outside attn_core and adds its bias) or the projected output itself.
     empty_attention_returns: Literal["context", "projection"] = "context"
+    # Graph inputs of an ONNX export, named and ordered as optimum's exporter names them
+    # (its OnnxConfig for this architecture), so exports from either exporter take the
+    # same feeds. Inputs the model does not have are left out (RoBERTa: token types).
+    onnx_inputs: tuple[str, ...] = ("input_ids", "attention_mask")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 from .base import ArchSpec, register
 
-# BertSelfAttention (transformers 4.57) reshapes with its own num_attention_heads and
-# all_head_size attributes, so per-layer head counts only need those two updated.
+# BertSelfAttention reshapes with its own num_attention_heads and all_head_size attributes
+# (transformers 4.57), or with attention_head_size and -1 heads (5.x), so per-layer head
+# counts only need those per-instance attributes updated; both majors keep the names.
 BERT = register(
     ArchSpec(
         name="bert",
@@ -19,5 +20,6 @@ BERT = register(
         width_attrs=("all_head_size",),
         summary_token="first",
         empty_attention_returns="context",
+        onnx_inputs=("input_ids", "attention_mask", "token_type_ids"),
     )
 )
