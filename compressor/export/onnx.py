@@ -217,6 +217,7 @@ def _export_torch_onnx(model: nn.Module, out_dir: Path, task: str, opset: int | 
     dynamic_axes = {k: seq_axes for k in input_names}
     dynamic_axes[output] = seq_axes if task != "text-classification" else {0: "batch_size"}
     wrapper = _NamedOutput(model, input_names, output, adapter.forward_kwargs()).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)  # as optimum's exporter does
     import warnings
 
     with _eager_attention(model), traceable_masks(), quiet_transformers(), warnings.catch_warnings(), torch.no_grad():
