@@ -15,6 +15,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REQUIRE_SHARED = os.environ.get("COMPRESSOR_REQUIRE_SHARED_DATA") == "1"
 
 
+def pytest_configure(config):
+    # `-m smoke` (tests/smoke_t5.sh): recipe run, export with parity, evaluation, the
+    # one-line error rule, on tiny models; what CI runs under a second transformers major.
+    config.addinivalue_line("markers", "smoke: a minute-long subset (recipe run, ONNX export + parity, evaluate)")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (real GLUE TSVs and WikiText-2) beside the repo. A user's fresh clone

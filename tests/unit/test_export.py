@@ -69,6 +69,7 @@ def test_int8_keeps_output_direction(kind, tmp_path):
     assert res.parity["model_quantized.onnx"] > res.parity["model_optimized.onnx"]  # int8 is not exact
 
 
+@pytest.mark.smoke
 def test_sequence_classifier_and_gpt2_export(tmp_path):
     from transformers import BertForSequenceClassification
 
@@ -86,6 +87,7 @@ def test_parity_beyond_atol_is_an_error(tmp_path):
         export_model(model, None, tmp_path, atol=1e-12)
 
 
+@pytest.mark.smoke
 def test_cli_export_loads_with_ort_and_optimum(tmp_path):
     model = apply_plan(tiny_model("bert"), UNEVEN)
     folder = tmp_path / "pruned"
@@ -146,6 +148,7 @@ def test_bench_cli_times_every_backend(tmp_path):
     assert r.exit_code == 2 and "positive integers" in r.output
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("kind", ["bert", "roberta", "gpt2"])
 def test_torch_exporter_names_and_dynamic_shapes(kind, tmp_path):
     """Our exporter's graph: optimum's input/output names, and batch and sequence axes
