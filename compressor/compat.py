@@ -5,8 +5,11 @@ holds the rest:
 - transformers 5 draws its own "Loading weights" / "Writing model shards" progress bars
   and load reports on stderr, which would break the CLI's one-line error rule and
   ``--quiet``: ``quiet_transformers()`` silences them around a load or save;
-- the ONNX exporter: optimum's (optimum-onnx, which requires transformers < 4.58) when
-  it can be imported, else compressor's own torch.onnx one (compressor/export/onnx.py).
+- whether optimum's ONNX exporter can be imported (optimum-onnx requires transformers
+  < 4.58); compressor exports with its own torch.onnx exporter by default
+  (compressor/export/onnx.py), which under 4.57 needs masks built without torch.vmap
+  (``traceable_masks``). Under 5.x it needs per-layer head counts written back into the
+  graph (``export.onnx.explicit_head_counts``, a graph fact, so it lives there).
 """
 
 from __future__ import annotations
