@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from .arch.base import Adapter, Layout, adapter_for, spec_for
+from .compat import quiet_transformers
 from .errors import ModelLoadError
 from .model_paths import DEFAULT_MODEL, default_model_path, resolve_model  # noqa: F401  (re-exported)
 from .types import PruningPlan
@@ -53,7 +54,8 @@ def load_model(name: str = DEFAULT_MODEL, attn_implementation: str | None = "eag
     source = resolve_model(name)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         if Path(source).exists():
             raise ModelLoadError(f"could not read model config in {source}: {str(e).splitlines()[0]}") from None
@@ -62,10 +64,12 @@ def load_model(name: str = DEFAULT_MODEL, attn_implementation: str | None = "eag
     cls = _model_class(config)
     layout = getattr(config, LAYOUT_KEY, None)
     try:
-        if layout is None:
-            model = cls.from_pretrained(source, config=config, **kwargs)
-        else:
-            model = _load_pruned(cls, config, Path(source), Layout.from_json(layout), kwargs)
+        # transformers 5 draws a "Loading weights" bar and a load report on stderr
+        with quiet_transformers():
+            if layout is None:
+                model = cls.from_pretrained(source, config=config, **kwargs)
+            else:
+                model = _load_pruned(cls, config, Path(source), Layout.from_json(layout), kwargs)
     except ModelLoadError:
         raise
     except OSError as e:
@@ -130,9 +134,14 @@ def save_model(model: nn.Module, folder: str | Path, tokenizer=None) -> None:
     folder = Path(folder)
     layout = adapter_for(model).layout()
     setattr(model.config, LAYOUT_KEY, layout.to_json())
-    model.save_pretrained(folder, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+    with quiet_transformers():  # transformers 5: a "Writing model shards" bar
+        model.save_pretrained(folder, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
 
 
 def load_tokenizer(name: str):
@@ -140,8 +149,13 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     source = resolve_model(name)
+    # transformers 5 builds an empty tokenizer (no vocabulary) for a folder without
+    # tokenizer files instead of failing; such a folder has no tokenizer.
+    if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+        return None
     try:
-        return AutoTokenizer.from_pretrained(source)
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError):
         return None
 

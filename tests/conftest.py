@@ -15,6 +15,12 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REQUIRE_SHARED = os.environ.get("COMPRESSOR_REQUIRE_SHARED_DATA") == "1"
 
 
+def pytest_configure(config):
+    # `-m smoke` (tests/smoke_t5.sh): recipe run, export with parity, evaluation, the
+    # one-line error rule, on tiny models; what CI runs under a second transformers major.
+    config.addinivalue_line("markers", "smoke: a minute-long subset (recipe run, ONNX export + parity, evaluate)")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (real GLUE TSVs and WikiText-2) beside the repo. A user's fresh clone
@@ -61,11 +67,23 @@ def tiny_model(kind: str, seed: int = 0, cls=None):
 
 
 def tiny_tokenizer(folder: Path):
+    """A BERT WordPiece tokenizer over WORDS, built from a tokenizers.Tokenizer object:
+    transformers 5 ignores ``BertTokenizerFast(vocab_file=...)`` (it builds an empty
+    vocabulary), while ``tokenizer_object`` is honoured by 4.57 and 5.x alike."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tk = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tk.decoder = decoders.WordPiece()
+    tok = BertTokenizerFast(tokenizer_object=tk)
+    assert len(tok) == len(vocab) and tok("the movie")["input_ids"] == [2, 5, 7, 3]  # the fixture itself
     return tok
 
 

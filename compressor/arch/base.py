@@ -55,6 +55,10 @@ class ArchSpec:
     # reconstruct stage cannot run on this architecture.
     attn_residual_sum: str | None = None
     ffn_residual_sum: str | None = None
+    # Graph inputs of an ONNX export, named and ordered as optimum's exporter names them
+    # (its OnnxConfig for this architecture), so exports from either exporter take the
+    # same feeds. Inputs the model does not have are left out (RoBERTa: token types).
+    onnx_inputs: tuple[str, ...] = ("input_ids", "attention_mask")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 from .base import ArchSpec, register
 
-# BertSelfAttention (transformers 4.57) reshapes with its own num_attention_heads and
-# all_head_size attributes, so per-layer head counts only need those two updated.
+# BertSelfAttention reshapes with its own num_attention_heads and all_head_size attributes
+# (transformers 4.57), or with attention_head_size and -1 heads (5.x), so per-layer head
+# counts only need those per-instance attributes updated; both majors keep the names.
 BERT = register(
     ArchSpec(
         name="bert",
@@ -21,5 +22,6 @@ BERT = register(
         empty_attention_returns="context",
         attn_residual_sum="attention.output.LayerNorm",
         ffn_residual_sum="output.LayerNorm",
+        onnx_inputs=("input_ids", "attention_mask", "token_type_ids"),
     )
 )

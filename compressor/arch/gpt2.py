@@ -1,7 +1,8 @@
 from .base import ArchSpec, register
 
 # GPT2Attention splits c_attn's output with split_size and reshapes with head_dim, so
-# split_size is the width attribute. c_attn is one Conv1D laid out [q | k | v].
+# split_size is the width attribute (4.57 and 5.x alike). c_attn is one Conv1D laid out
+# [q | k | v]. Exported graphs take position_ids, which count real tokens under left padding.
 GPT2 = register(
     ArchSpec(
         name="gpt2",
@@ -20,5 +21,6 @@ GPT2 = register(
         empty_attention_returns="projection",
         attn_residual_sum="ln_2",
         ffn_residual_sum="",
+        onnx_inputs=("input_ids", "attention_mask", "position_ids"),
     )
 )

@@ -31,11 +31,17 @@ class Batch:
 
 
 def _special_ids(tokenizer, config) -> tuple[list[int], list[int], set[int]]:
-    """(prefix, suffix, all special ids) that wrap one sequence for this model."""
+    """(prefix, suffix, all special ids) that wrap one sequence for this model.
+
+    Read off the tokenizer's own output for one word, with and without special tokens
+    (transformers 5 dropped ``build_inputs_with_special_tokens`` from fast tokenizers)."""
     if tokenizer is not None:
-        wrapped = tokenizer.build_inputs_with_special_tokens([-1])
-        at = wrapped.index(-1)
-        return wrapped[:at], wrapped[at + 1 :], set(tokenizer.all_special_ids)
+        core = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+        full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+        at = next((i for i in range(len(full) - len(core) + 1) if full[i : i + len(core)] == core), None)
+        if not core or at is None:
+            raise CompressorError(f"cannot tell which special tokens {type(tokenizer).__name__} adds around a sequence")
+        return full[:at], full[at + len(core) :], set(tokenizer.all_special_ids)
     specials = {getattr(config, k, None) for k in ("pad_token_id", "bos_token_id", "eos_token_id")} - {None}
     return [], [], specials
 

@@ -1,17 +1,23 @@
 """Export a (pruned) model to ONNX, check it against PyTorch, optimize and quantize it.
 
-Exporter: optimum's ``onnx_export_from_model``. It takes the model *instance*, so the
-per-layer shapes our surgery made are traced as they are (``main_export`` would reload
-from config.json with stock shapes and fail), and it writes config and tokenizer files
-in the layout optimum's ORTModel classes load. One exception, measured with optimum
-2.1 / optimum-onnx 0.1: GPT-2 *with* a KV cache cannot be exported after pruning,
-because optimum builds the past-key-value inputs from the global ``n_head``; GPT-2 is
-exported without the cache (``text-generation`` logits, or ``feature-extraction``).
+Exporter: compressor's own, ``torch.onnx.export`` with the TorchScript tracer
+(``dynamo=False``), on the model *instance*, so the per-layer shapes our surgery made
+are traced as they are. It lays the folder out as optimum's ``onnx_export_from_model``
+does (the same file, input and output names, dynamic ``batch_size``/``sequence_length``
+axes, config.json beside it), so optimum's ORTModel classes load it. optimum's exporter
+(optimum-onnx) only installs with transformers < 4.58; measured with transformers
+4.57.6, both exporters give graphs with the same node counts, the same parity and the
+same fused Attention nodes for BERT, RoBERTa, a BERT classifier and GPT-2, so ours is
+the default under every transformers, and ``exporter="optimum"`` (or ``"auto"``: optimum
+when it imports) remains for comparison. GPT-2 is exported without a KV cache
+(``text-generation`` logits, or ``feature-extraction``): optimum builds past-key-value
+inputs from the global ``n_head``, which a pruned model does not have.
 
 Optimization: ONNX Runtime's transformer optimizer with ``num_heads=0``, which makes it
 read each layer's head count from that layer's reshape constants, so pruned layers are
-fused into ``Attention`` nodes at their own head counts. ``fused_attention`` in
-export.json lists what it fused per layer; a layer with no heads has no attention.
+fused into ``Attention`` nodes at their own head counts (transformers 5 writes -1 there;
+``explicit_head_counts`` puts the count back). ``fused_attention`` in export.json lists
+what it fused per layer; a layer with no heads has no attention.
 """
 
 from __future__ import annotations
@@ -28,11 +34,16 @@ import torch
 from torch import nn
 
 from ..arch.base import adapter_for
+from ..compat import quiet_transformers, traceable_masks
 from ..errors import CompressorError
 
 RAW, OPTIMIZED, QUANTIZED = "model.onnx", "model_optimized.onnx", "model_quantized.onnx"
 DEFAULT_ATOL = 1e-4
 QUANTIZE_CHOICES = ("int8",)
+# optimum's default opset for these architectures (optimum 2.1), kept for our exporter
+DEFAULT_OPSET = 18
+OPTIMUM_EXPORTER, TORCH_EXPORTER = "optimum.onnx_export_from_model", "torch.onnx.export(dynamo=False)"
+EXPORTER_CHOICES = ("torch", "optimum", "auto")
 
 
 class ParityError(CompressorError):
@@ -151,6 +162,175 @@ def fused_attention_heads(path: Path) -> list[int]:
     return heads
 
 
+class _NamedOutput(nn.Module):
+    """Positional graph inputs -> the model's keyword inputs; returns the one output
+    optimum's exporter would (``last_hidden_state`` or ``logits``)."""
+
+    def __init__(self, model: nn.Module, input_names: list[str], output: str, forward_kwargs: dict) -> None:
+        super().__init__()
+        self.model, self.input_names, self.output, self.forward_kwargs = model, input_names, output, forward_kwargs
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = self.model(**dict(zip(self.input_names, inputs, strict=True)), **self.forward_kwargs, return_dict=True)
+        return getattr(out, self.output)
+
+
+@contextlib.contextmanager
+def _eager_attention(model: nn.Module):
+    """The eager attention implementation for the duration: its MatMul/Softmax pattern is
+    what ONNX Runtime's optimizer fuses into Attention nodes (SDPA is traced as a
+    different pattern)."""
+    before = getattr(model.config, "_attn_implementation", None)
+    if before in (None, "eager"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def _export_torch_onnx(model: nn.Module, out_dir: Path, task: str, opset: int | None = None) -> None:
+    """model.onnx with torch.onnx's TorchScript exporter, laid out as optimum's exporter
+    lays it out: the same input names (the architecture's ``onnx_inputs``), output name
+    (``last_hidden_state`` or ``logits``), dynamic ``batch_size``/``sequence_length``
+    axes, and config.json (+ generation_config.json) beside it, so optimum's ORTModel
+    classes load the folder. The per-layer shapes of a pruned model are traced as they are.
+
+    TorchScript (``dynamo=False``), not torch 2.13's default dynamo exporter, which needs
+    onnxscript and, measured on a pruned tiny BERT, took 12 s instead of 2 s and left
+    every attention layer unfused by ONNX Runtime's optimizer."""
+    adapter = adapter_for(model)
+    input_names = list(adapter.spec.onnx_inputs)
+    output = "last_hidden_state" if task == "feature-extraction" else "logits"
+    # A padded dummy batch, so the traced graph keeps the general attention-mask path
+    # (an all-ones mask may be skipped by transformers' mask builders).
+    batch, seq = 2, 16
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, int(model.config.vocab_size), (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[1, seq // 2 :] = 0
+    feeds = complete_feeds({"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, input_names)
+    args = tuple(torch.from_numpy(feeds[k]) for k in input_names)
+    seq_axes = {0: "batch_size", 1: "sequence_length"}
+    dynamic_axes = {k: seq_axes for k in input_names}
+    dynamic_axes[output] = seq_axes if task != "text-classification" else {0: "batch_size"}
+    wrapper = _NamedOutput(model, input_names, output, adapter.forward_kwargs()).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)  # as optimum's exporter does
+    import warnings
+
+    with _eager_attention(model), traceable_masks(), quiet_transformers(), warnings.catch_warnings(), torch.no_grad():
+        # TracerWarnings about Python bools in transformers' mask code: those branches
+        # are fixed for any padded batch, and parity checks the traced graph anyway.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, args, str(out_dir / RAW), input_names=input_names, output_names=[output],
+            dynamic_axes=dynamic_axes, opset_version=opset or DEFAULT_OPSET, do_constant_folding=True,
+            dynamo=False,
+        )
+    explicit_head_counts(out_dir / RAW)
+    with quiet_transformers():
+        model.config.save_pretrained(out_dir)
+        gen = getattr(model, "generation_config", None)
+        if adapter.spec.causal and gen is not None:
+            gen.save_pretrained(out_dir)
+
+
+def explicit_head_counts(path: Path) -> int:
+    """Replace the ``-1`` head count in each layer's query/key/value reshape with the
+    count itself; returns how many reshapes changed.
+
+    transformers 5 splits heads with ``view(batch, seq, -1, head_dim)``, and ONNX
+    Runtime's optimizer reads a layer's head count from that reshape's constants: with
+    -1 there it fuses no Attention node unless given one global ``num_heads``, which a
+    pruned model does not have. The count is the width of the projection feeding the
+    reshape (its bias, or its weight's output axis) over head_dim, so the graph computes
+    exactly what it did (-1 resolved to that same number).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+
+    def const(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        n = producer.get(name)
+        if n is not None and n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            return numpy_helper.to_array(n.attribute[0].t)
+        return None
+
+    def width(name: str) -> int | None:
+        """Output features of the Add(bias) / MatMul(weight) that produced ``name``."""
+        n = producer.get(name)
+        if n is None or n.op_type not in ("Add", "MatMul"):
+            return None
+        for i in n.input:
+            v = const(i)
+            if v is not None and v.ndim in (1, 2):
+                return int(v.shape[-1])
+        return None
+
+    changed = 0
+    for node in graph.node:
+        if node.op_type != "Reshape":
+            continue
+        concat = producer.get(node.input[1])
+        if concat is None or concat.op_type != "Concat" or len(concat.input) != 4:
+            continue
+        heads, head_dim, w = const(concat.input[2]), const(concat.input[3]), width(node.input[0])
+        if heads is None or head_dim is None or heads.size != 1 or head_dim.size != 1 or w is None:
+            continue
+        d = int(head_dim.reshape(-1)[0])
+        if int(heads.reshape(-1)[0]) != -1 or d <= 0 or w % d:
+            continue
+        name = f"{concat.name or concat.output[0]}/num_heads"
+        graph.initializer.append(numpy_helper.from_array(np.array([w // d], dtype=np.int64), name))
+        concat.input[2] = name
+        changed += 1
+    if changed:
+        onnx.save(model, str(path))
+    return changed
+
+
+def choose_exporter(requested: str = "torch") -> str:
+    """``torch``: compressor's own exporter (the default: the same graphs as optimum's,
+    under every transformers); ``optimum``: optimum's, an error where it is not
+    installed; ``auto``: optimum's where it imports (transformers < 4.58), else ours."""
+    from ..compat import optimum_exporter_available
+
+    if requested not in EXPORTER_CHOICES:
+        raise CompressorError(f"exporter must be one of {', '.join(EXPORTER_CHOICES)}; got {requested!r}")
+    if requested == "optimum" and not optimum_exporter_available():
+        raise CompressorError(
+            "optimum's ONNX exporter is not available (optimum-onnx requires transformers<4.58); use exporter 'torch' or 'auto'"
+        )
+    if requested == "auto":
+        return OPTIMUM_EXPORTER if optimum_exporter_available() else TORCH_EXPORTER
+    return OPTIMUM_EXPORTER if requested == "optimum" else TORCH_EXPORTER
+
+
+def _export_optimum(model: nn.Module, out_dir: Path, task: str, opset: int | None) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    kwargs = {"opset": opset} if opset else {}
+    # optimum and transformers log notices during tracing (e.g. an optional
+    # deduplication check); what matters is checked by parity.
+    loggers = [logging.getLogger(n) for n in ("transformers", "optimum")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        onnx_export_from_model(model, str(out_dir), task=task, do_validation=False, **kwargs)
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def optimize(raw: Path, out: Path, model_type: str) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -213,30 +393,23 @@ def export_model(
     quantize: str | None = None,
     atol: float = DEFAULT_ATOL,
     opset: int | None = None,
+    exporter: str = "torch",
 ) -> ExportResult:
     """Write model.onnx (+ optimized, + int8) into ``out_dir`` (which must exist and be
     empty; callers write into a temporary folder and rename it). Raises ParityError
-    when the fp32 graphs differ from PyTorch by more than ``atol``."""
-    from optimum.exporters.onnx import onnx_export_from_model
-
+    when the fp32 graphs differ from PyTorch by more than ``atol``. ``exporter``: see
+    ``choose_exporter``; export.json records which one wrote the graph."""
     require_ort()
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise CompressorError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}; got {quantize!r}")
+    used = choose_exporter(exporter)
     adapter = adapter_for(model)
     task = infer_task(model)
     model = model.eval()
-    kwargs = {"opset": opset} if opset else {}
-    # optimum and transformers log notices during tracing (e.g. an optional
-    # deduplication check); what matters is checked below by parity.
-    loggers = [logging.getLogger(n) for n in ("transformers", "optimum")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        onnx_export_from_model(model, str(out_dir), task=task, do_validation=False, **kwargs)
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    if used == OPTIMUM_EXPORTER:
+        _export_optimum(model, out_dir, task, opset)
+    else:
+        _export_torch_onnx(model, out_dir, task, opset)
     if tokenizer is not None and not (out_dir / "tokenizer_config.json").is_file():
         tokenizer.save_pretrained(out_dir)
     raw = out_dir / RAW
@@ -244,7 +417,7 @@ def export_model(
     feeds = validation_inputs(model, tokenizer, input_names)
 
     result = ExportResult(
-        task=task, exporter="optimum.onnx_export_from_model", files={"raw": RAW}, parity={}, atol=atol,
+        task=task, exporter=used, files={"raw": RAW}, parity={}, atol=atol,
         heads_per_layer=list(adapter.layout().heads_per_layer),
     )
     result.parity[RAW] = compare(model, raw, feeds)[0]

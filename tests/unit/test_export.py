@@ -13,7 +13,17 @@ from click.testing import CliRunner
 from compressor import PruningPlan, apply_plan, save_model
 from compressor.cli import main
 from compressor.export import export_model
-from compressor.export.onnx import ParityError, validation_inputs
+from compressor.arch import adapter_for
+from compressor.compat import optimum_exporter_available
+from compressor.errors import CompressorError
+from compressor.export.onnx import (
+    OPTIMUM_EXPORTER,
+    TORCH_EXPORTER,
+    ParityError,
+    choose_exporter,
+    complete_feeds,
+    validation_inputs,
+)
 from tests.conftest import tiny_model, tiny_tokenizer
 
 # uneven heads: 1 head, 0 heads (no attention at all) and 3 heads; FFN sizes differ too
@@ -28,14 +38,14 @@ def run_onnx(path, feeds):
 def test_pruned_encoder_exports_with_attention_fused_per_layer(kind, tmp_path):
     model = apply_plan(tiny_model(kind), UNEVEN)
     res = export_model(model, None, tmp_path, quantize="int8")
-    assert res.task == "feature-extraction"
+    assert res.task == "feature-extraction" and res.exporter == TORCH_EXPORTER
     assert res.heads_per_layer == [1, 0, 3]
     assert res.fused_attention == [1, None, 3]  # each layer at its own head count
     assert res.parity["model.onnx"] <= 1e-4 and res.parity["model_optimized.onnx"] <= 1e-4
     assert (tmp_path / "model_quantized.onnx").is_file() and "model_quantized.onnx" in res.parity
     assert -1.0 <= res.quantized_cosine <= 1.0  # int8 quality: see test_int8_keeps_output_direction
     saved = json.loads((tmp_path / "export.json").read_text())
-    assert saved["fused_attention"] == [1, None, 3]
+    assert saved["fused_attention"] == [1, None, 3] and saved["exporter"] == TORCH_EXPORTER
     # optimized outputs match the unoptimized graph on a fresh batch
     feeds = validation_inputs(model, None, [i.name for i in ort.InferenceSession(str(tmp_path / "model.onnx")).get_inputs()])
     np.testing.assert_allclose(run_onnx(tmp_path / "model_optimized.onnx", feeds), run_onnx(tmp_path / "model.onnx", feeds),
@@ -59,6 +69,7 @@ def test_int8_keeps_output_direction(kind, tmp_path):
     assert res.parity["model_quantized.onnx"] > res.parity["model_optimized.onnx"]  # int8 is not exact
 
 
+@pytest.mark.smoke
 def test_sequence_classifier_and_gpt2_export(tmp_path):
     from transformers import BertForSequenceClassification
 
@@ -76,6 +87,7 @@ def test_parity_beyond_atol_is_an_error(tmp_path):
         export_model(model, None, tmp_path, atol=1e-12)
 
 
+@pytest.mark.smoke
 def test_cli_export_loads_with_ort_and_optimum(tmp_path):
     model = apply_plan(tiny_model("bert"), UNEVEN)
     folder = tmp_path / "pruned"
@@ -85,15 +97,23 @@ def test_cli_export_loads_with_ort_and_optimum(tmp_path):
     assert res.exit_code == 0, res.output
     assert "fused attention heads per layer [1, None, 3]" in res.output
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
-    from optimum.onnxruntime import ORTModelForFeatureExtraction
+    assert json.loads((out / "export.json").read_text())["exporter"] == TORCH_EXPORTER
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out)
-    enc = tok(["the movie was good"], return_tensors="pt")
-    ort_model = ORTModelForFeatureExtraction.from_pretrained(out, file_name="model_optimized.onnx")
+    enc = tok(["the movie was good", "bad"], padding=True, return_tensors="pt")
     with torch.no_grad():
         ref = model(**enc).last_hidden_state
-    torch.testing.assert_close(ort_model(**enc).last_hidden_state, ref, atol=1e-4, rtol=0)
+    real = enc["attention_mask"].bool()
+    try:  # optimum's ORTModel classes load the folder wherever optimum is installed
+        from optimum.onnxruntime import ORTModelForFeatureExtraction
+    except ImportError:  # transformers 5: no optimum; ONNX Runtime on the tokenizer's output
+        sess = ort.InferenceSession(str(out / "model_optimized.onnx"), providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        got = torch.from_numpy(sess.run(None, complete_feeds({k: v.numpy() for k, v in enc.items()}, names))[0])
+    else:
+        got = ORTModelForFeatureExtraction.from_pretrained(out, file_name="model_optimized.onnx")(**enc).last_hidden_state
+    torch.testing.assert_close(got[real], ref[real], atol=1e-4, rtol=0)
     # errors: one line, exit 2, nothing written
     for args, msg in (
         (["export", "--model", str(folder), "--output", str(out)], "is not empty; pass --overwrite"),
@@ -126,3 +146,84 @@ def test_bench_cli_times_every_backend(tmp_path):
         assert r.exit_code == 2 and msg in r.output, r.output
     r = CliRunner().invoke(main, ["bench", "--model", str(folder), "--batch-sizes", "0"])
     assert r.exit_code == 2 and "positive integers" in r.output
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("kind", ["bert", "roberta", "gpt2"])
+def test_torch_exporter_names_and_dynamic_shapes(kind, tmp_path):
+    """Our exporter's graph: optimum's input/output names, and batch and sequence axes
+    that are dynamic: a batch of another size and length than the traced one (2 x 16),
+    with padding, matches PyTorch on real tokens."""
+    model = apply_plan(tiny_model(kind), UNEVEN)
+    res = export_model(model, None, tmp_path, exporter="torch")
+    assert res.exporter == TORCH_EXPORTER and max(res.parity.values()) <= 1e-4
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    assert names == list(adapter_for(model).spec.onnx_inputs)
+    assert [o.name for o in sess.get_outputs()] == ["logits" if kind == "gpt2" else "last_hidden_state"]
+    assert all(i.shape[:2] == ["batch_size", "sequence_length"] for i in sess.get_inputs())
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 64, (5, 23), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 9:] = 0
+    mask[3, 17:] = 0
+    feeds = complete_feeds({"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, names)
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}, **adapter_for(model).forward_kwargs())
+    ref = (out.logits if kind == "gpt2" else out.last_hidden_state).numpy()
+    real = mask.bool().numpy()
+    for f in ("model.onnx", "model_optimized.onnx"):
+        got = run_onnx(tmp_path / f, feeds)
+        assert got.shape == ref.shape == (5, 23, ref.shape[-1])
+        np.testing.assert_allclose(got[real], ref[real], atol=1e-4, rtol=0)
+    if kind != "gpt2":  # GPT-2: see test_sequence_classifier_and_gpt2_export
+        assert res.fused_attention == [1, None, 3]
+
+
+def test_torch_exporter_writes_head_counts_into_reshapes(tmp_path):
+    """Every query/key/value reshape names its head count (transformers 5 traces -1,
+    which ONNX Runtime's optimizer cannot fuse per layer)."""
+    import onnx
+    from onnx import numpy_helper
+
+    export_model(apply_plan(tiny_model("bert"), UNEVEN), None, tmp_path, optimize_graph=False)
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    heads = []
+    for n in graph.node:
+        concat = producer.get(n.input[1]) if n.op_type == "Reshape" else None
+        if concat is not None and concat.op_type == "Concat" and len(concat.input) == 4:
+            v = inits.get(concat.input[2], consts.get(concat.input[2]))
+            heads.append(int(v.reshape(-1)[0]))
+    assert heads == [1] * 3 + [3] * 3  # q, k, v of layer 0 (1 head) and layer 2 (3 heads)
+
+
+def test_choose_exporter(monkeypatch):
+    assert choose_exporter() == TORCH_EXPORTER
+    with pytest.raises(CompressorError, match="exporter must be one of torch, optimum, auto; got 'nope'"):
+        choose_exporter("nope")
+    monkeypatch.setattr("compressor.compat.optimum_exporter_available", lambda: False)
+    assert choose_exporter("auto") == TORCH_EXPORTER
+    with pytest.raises(CompressorError, match="optimum's ONNX exporter is not available"):
+        choose_exporter("optimum")
+    monkeypatch.setattr("compressor.compat.optimum_exporter_available", lambda: True)
+    assert choose_exporter("auto") == OPTIMUM_EXPORTER
+
+
+@pytest.mark.skipif(not optimum_exporter_available(), reason="optimum's exporter needs optimum-onnx (transformers < 4.58)")
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_torch_and_optimum_exporters_agree(kind, tmp_path):
+    """Where both exist (transformers 4.57): the same inputs, outputs, fusion and values."""
+    model = apply_plan(tiny_model(kind), UNEVEN)
+    ours = export_model(model, None, tmp_path / "torch", exporter="torch")
+    theirs = export_model(model, None, tmp_path / "optimum", exporter="optimum")
+    assert (ours.exporter, theirs.exporter) == (TORCH_EXPORTER, OPTIMUM_EXPORTER)
+    assert ours.fused_attention == theirs.fused_attention
+    sessions = [ort.InferenceSession(str(tmp_path / d / "model_optimized.onnx"), providers=["CPUExecutionProvider"])
+                for d in ("torch", "optimum")]
+    io = [([i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()]) for s in sessions]
+    assert io[0] == io[1]
+    feeds = validation_inputs(model, None, io[0][0])
+    np.testing.assert_allclose(sessions[0].run(None, feeds)[0], sessions[1].run(None, feeds)[0], atol=1e-5, rtol=0)

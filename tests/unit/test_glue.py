@@ -292,6 +292,7 @@ def test_cli_finetune_then_evaluate(tmp_path, glue_dir, tiny_bert_dir):
 # ---- recipe stages ------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_recipe_finetunes_prunes_recovers_exports_and_evaluates(tmp_path, glue_dir, tiny_bert_dir):
     pytest.importorskip("onnxruntime")
     import json
