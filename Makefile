@@ -7,6 +7,7 @@
 #   make compat PY=python3.13 - the unit suite on another Python (3.10-3.13), installed
 #                     from pyproject's ranges into .venv-python3.13 (no lock; pip takes a
 #                     CUDA build of torch there: several GB, minutes)
+#   make smoke-t5   - the smoke subset under transformers 5 (no optimum) in .venv-t5
 #   make lock       - rewrite constraints.txt from a fresh install of pyproject's ranges
 # Nothing here installs system packages unless you call `make browser`.
 PYTHON ?= python3.11
@@ -14,7 +15,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench install browser clean compat lock
+.PHONY: demo test test-fast bench install browser clean compat lock smoke-t5
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +59,19 @@ compat:
 	test -x $(COMPAT)/bin/python || $$py -m venv $(COMPAT); \
 	$(COMPAT)/bin/pip install -q 'torch>=2.13,<2.14' && $(COMPAT)/bin/pip install -q -e '.[dev]' && \
 	HF_HUB_OFFLINE=1 $(COMPAT)/bin/python -m pytest -q -p no:cacheprovider -m "not integration" tests
+
+# transformers 5 beside the lock's 4.57: same Python and CPU torch, transformers 5.24 and
+# what it needs, without optimum (whose exporter caps transformers below 4.58).
+T5 := .venv-t5
+T5_STAMP := $(T5)/.installed
+$(T5_STAMP): pyproject.toml
+	test -x $(T5)/bin/python || $(PYTHON) -m venv $(T5)
+	$(T5)/bin/pip install -q torch==2.13.0
+	$(T5)/bin/pip install -q -e '.[onnx,model,syntax,test]' 'transformers==5.24.0'
+	touch $(T5_STAMP)
+
+smoke-t5: $(T5_STAMP)
+	PYTHON=$(T5)/bin/python bash tests/smoke_t5.sh
 
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
