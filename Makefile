@@ -5,8 +5,8 @@
 #   make browser    - install Debian's Chromium (asks nothing, says what it does), so the
 #                     report rendering test runs instead of skipping; CI calls it
 #   make compat PY=python3.13 - the unit suite on another Python (3.10-3.13), installed
-#                     from pyproject's ranges into .venv-python3.13 (no lock; pip takes a
-#                     CUDA build of torch there: several GB, minutes)
+#                     from pyproject's ranges into .venv-python3.13 (no lock, no optimum, so
+#                     the newest transformers; pip takes a CUDA build of torch there: GBs)
 #   make smoke-t5   - the smoke subset under transformers 5 (no optimum) in .venv-t5
 #   make lock       - rewrite constraints.txt from a fresh install of pyproject's ranges
 # Nothing here installs system packages unless you call `make browser`.
@@ -57,7 +57,7 @@ compat:
 	test -n "$$py" || { echo "error: $(PY) not found (not on PATH, not under ~/.pyenv/versions)"; exit 2; }; \
 	echo "compat: $$py into $(COMPAT)"; \
 	test -x $(COMPAT)/bin/python || $$py -m venv $(COMPAT); \
-	$(COMPAT)/bin/pip install -q 'torch>=2.13,<2.14' && $(COMPAT)/bin/pip install -q -e '.[dev]' && \
+	$(COMPAT)/bin/pip install -q 'torch>=2.13,<2.14' && $(COMPAT)/bin/pip install -q -e '.[onnx,hub,model,syntax,test]' && \
 	HF_HUB_OFFLINE=1 $(COMPAT)/bin/python -m pytest -q -p no:cacheprovider -m "not integration" tests
 
 # transformers 5 beside the lock's 4.57: same Python and CPU torch, transformers 5.24 and
