@@ -28,6 +28,15 @@ from tests.conftest import tiny_model, tiny_tokenizer
 
 # uneven heads: 1 head, 0 heads (no attention at all) and 3 heads; FFN sizes differ too
 UNEVEN = PruningPlan.build(heads={0: [0, 1, 2], 1: [0, 1, 2, 3], 2: [1]}, neurons={0: range(10), 2: [1, 2]})
+FUSED = [1, None, 3]
+# Measured: ONNX Runtime 1.23-1.30's transformer optimizer fuses none of these layers
+# (Python 3.10 gets at most 1.23.2); 1.31 fuses each at its own head count. Parity holds
+# either way, and export.json notes the layers left unfused.
+ORT_FUSES = tuple(int(x) for x in ort.__version__.split(".")[:2]) >= (1, 31)
+
+
+def check_fusion(fused) -> None:
+    assert fused == FUSED if ORT_FUSES else fused in (FUSED, [None, None, None]), fused
 
 
 def run_onnx(path, feeds):
@@ -40,12 +49,12 @@ def test_pruned_encoder_exports_with_attention_fused_per_layer(kind, tmp_path):
     res = export_model(model, None, tmp_path, quantize="int8")
     assert res.task == "feature-extraction" and res.exporter == TORCH_EXPORTER
     assert res.heads_per_layer == [1, 0, 3]
-    assert res.fused_attention == [1, None, 3]  # each layer at its own head count
+    check_fusion(res.fused_attention)  # each layer at its own head count
     assert res.parity["model.onnx"] <= 1e-4 and res.parity["model_optimized.onnx"] <= 1e-4
     assert (tmp_path / "model_quantized.onnx").is_file() and "model_quantized.onnx" in res.parity
     assert -1.0 <= res.quantized_cosine <= 1.0  # int8 quality: see test_int8_keeps_output_direction
     saved = json.loads((tmp_path / "export.json").read_text())
-    assert saved["fused_attention"] == [1, None, 3] and saved["exporter"] == TORCH_EXPORTER
+    assert saved["fused_attention"] == res.fused_attention and saved["exporter"] == TORCH_EXPORTER
     # optimized outputs match the unoptimized graph on a fresh batch
     feeds = validation_inputs(model, None, [i.name for i in ort.InferenceSession(str(tmp_path / "model.onnx")).get_inputs()])
     np.testing.assert_allclose(run_onnx(tmp_path / "model_optimized.onnx", feeds), run_onnx(tmp_path / "model.onnx", feeds),
@@ -95,7 +104,7 @@ def test_cli_export_loads_with_ort_and_optimum(tmp_path):
     out = tmp_path / "onnx"
     res = CliRunner().invoke(main, ["export", "--model", str(folder), "--output", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "fused attention heads per layer [1, None, 3]" in res.output
+    assert "fused attention heads per layer [1, None, 3]" in res.output or not ORT_FUSES
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
     assert json.loads((out / "export.json").read_text())["exporter"] == TORCH_EXPORTER
     from transformers import AutoTokenizer
@@ -177,7 +186,7 @@ def test_torch_exporter_names_and_dynamic_shapes(kind, tmp_path):
         assert got.shape == ref.shape == (5, 23, ref.shape[-1])
         np.testing.assert_allclose(got[real], ref[real], atol=1e-4, rtol=0)
     if kind != "gpt2":  # GPT-2: see test_sequence_classifier_and_gpt2_export
-        assert res.fused_attention == [1, None, 3]
+        check_fusion(res.fused_attention)
 
 
 def test_torch_exporter_writes_head_counts_into_reshapes(tmp_path):
