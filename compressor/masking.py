@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch.base import Adapter
-from .progress import bar
 from .data.calibration import Batch
+from .progress import bar
 from .task_head import head_labels
 
 

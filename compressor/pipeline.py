@@ -344,7 +344,7 @@ def run_reconstruct(model_name: str, reference_name: str, output: Path, calibrat
                     seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict:
     """Re-fit a pruned model's output projections to its unpruned reference (see
     compressor/reconstruct.py); the output folder is the reconstructed model plus reconstruct.json."""
-    from .reconstruct import check_derived, check_tokens, reconstruct
+    from .reconstruct import check_derived, reconstruct
 
     source, ref_source = resolve_model(model_name), resolve_model(reference_name)
     check_output(output, overwrite, protect=_local_inputs(source, ref_source))
@@ -354,7 +354,7 @@ def run_reconstruct(model_name: str, reference_name: str, output: Path, calibrat
     check_derived(adapter.layout(), ref_adapter.layout())
     tokenizer = load_tokenizer(model_name)
     batches = calibration_batches(calibration, tokenizer, net.config, seed)
-    check_tokens(adapter.layout(), cfg.sublayers, batches)
+    # reconstruct checks the token count first, before any work
     result = reconstruct(net, ref, adapter, ref_adapter, batches, cfg, progress=progress)
     out = {"model": model_name, "reference": reference_name, "calibration": calibration.__dict__, **result.to_json()}
     with atomic_output(output, overwrite) as tmp:

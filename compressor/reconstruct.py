@@ -36,11 +36,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .arch.base import Adapter, Layout, is_conv1d
 from .data.calibration import Batch
 from .errors import CompressorError
+from .progress import bar
 from .recipe import ReconstructConfig
 
 # sublayer kind -> (adapter role of its output projection, ArchSpec field naming its residual sum)
@@ -292,7 +292,7 @@ def reconstruct(
     surgery = (sq_err / sq_ref.clamp_min(1e-300)).tolist()
 
     results: list[LayerFit] = []
-    for layer in tqdm(range(n_layers), desc="reconstruct", unit="layer", disable=not progress):
+    for layer in bar(range(n_layers), progress, desc="reconstruct", unit="layer"):
         ref, next_u = _reference_layer(original, adapter_original, layer, inputs_u, masks)
 
         def run(collect: Sequence[str], layer: int = layer, ref: list = ref):

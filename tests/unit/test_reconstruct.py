@@ -52,6 +52,15 @@ def layer_outputs(model, batches) -> list[torch.Tensor]:
         def hook(mod, args, out, i=i):
             got[i].append((out[0] if isinstance(out, tuple) else out)[state["mask"]])
         handles.append(layer.register_forward_hook(hook))
+    forward_all(model, batches, state, handles)
+    return [torch.cat(g) for g in got]
+
+
+@torch.no_grad()
+def forward_all(model, batches, state: dict, handles: list) -> None:
+    """Run every batch (``state["mask"]``: its real tokens, for the hooks), then remove
+    the hooks."""
+    a = adapter_for(model)
     try:
         for b in batches:
             state["mask"] = b.attention_mask.bool()
@@ -59,7 +68,6 @@ def layer_outputs(model, batches) -> list[torch.Tensor]:
     finally:
         for h in handles:
             h.remove()
-    return [torch.cat(g) for g in got]
 
 
 def measured_errors(model, reference, batches) -> list[float]:
@@ -133,14 +141,7 @@ def test_ridge_zero_equals_direct_least_squares(kind):
             else:  # GPT-2 block: the residual input of attention is the block's input, of the FFN ln_2's
                 handles.append(layer.register_forward_pre_hook(lambda m, args, k=(i, "attention"): put(k + ("h",), args[0])))
                 handles.append(layer.ln_2.register_forward_pre_hook(lambda m, args, k=(i, "ffn"): put(k + ("h",), args[0])))
-        try:
-            with torch.no_grad():
-                for b in batches:
-                    state["mask"] = b.attention_mask.bool()
-                    model(input_ids=b.input_ids, attention_mask=b.attention_mask, **a.forward_kwargs())
-        finally:
-            for h in handles:
-                h.remove()
+        forward_all(model, batches, state, handles)
         return {k: torch.cat(v).double() for k, v in got.items()}
 
     p, u = grab(pruned), grab(original)
