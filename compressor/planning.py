@@ -296,8 +296,10 @@ def plan_budget(
     else:
         if evaluate is None:
             raise ValueError("a measured split needs an evaluate callback")
-        heads, neurons, info["candidates"], info["chosen"] = _measured_split(
+        heads, neurons, info["candidates"], info["chosen"], probes = _measured_split(
             layout, hv, nv, fh_l, fn_l, budget, ch, cn, target, evaluate)
+        if probes is not None:
+            info["probes"] = probes
 
     plan = PruningPlan.build(heads, neurons)
     kept = plan.kept_layout(layout)
@@ -345,10 +347,28 @@ def _measured_split(layout, hv, nv, fh_l, fn_l, budget, ch, cn, target, evaluate
     kh_all = _head_counts(budget, ch, cn, int(fh_l.sum()), int(fn_l.sum()), total_h, total_n)
     pick = np.unique(np.round(np.linspace(0, len(kh_all) - 1, min(target.candidates, len(kh_all)))).astype(int))
     counts = kh_all[pick]
-    scopes = ("global", "per_layer") if target.scope == "search" else (target.scope,)
-    tried = []
+    scopes = ("global", "per_layer", "allocated") if target.scope == "search" else (target.scope,)
+    tried: list[dict] = []
     best = None
+
+    def consider(entry: dict, heads, neurons) -> None:
+        nonlocal best
+        entry["loss"] = float(evaluate(heads, neurons))
+        tried.append(entry)
+        if best is None or entry["loss"] < best[0]:
+            best = (entry["loss"], len(tried) - 1, heads, neurons)
+
+    probes = None
     for scope in scopes:
+        if scope == "allocated":
+            probes = _probe_layers(layout, hv, nv, fh_l, fn_l, evaluate)
+            for exponent in ALLOCATION_EXPONENTS:
+                heads, neurons = _allocate(layout, hv, nv, fh_l, fn_l, budget, ch, cn, probes, exponent)
+                kh = total_h - sum(len(v) for v in heads.values())
+                kn = total_n - sum(len(v) for v in neurons.values())
+                consider({"scope": scope, "exponent": exponent, "heads_kept": kh, "neurons_kept": kn,
+                          "head_share_of_budget": kh * ch / max(budget, 1e-30)}, heads, neurons)
+            continue
         h_vals = hv if scope == "global" else _per_layer_rank(hv)
         n_vals = nv if scope == "global" else _per_layer_rank(nv)
         lh, ih, _ = _keep_order(h_vals, fh_l)
@@ -357,10 +377,94 @@ def _measured_split(layout, hv, nv, fh_l, fn_l, budget, ch, cn, target, evaluate
             kn = int(_neurons_for(budget, np.array([kh]), ch, cn, total_n)[0])
             heads = _removed(lh, ih, kh, layout.heads_per_layer)
             neurons = _removed(ln, in_, kn, layout.ffn_per_layer)
-            loss = float(evaluate(heads, neurons))
-            tried.append({"scope": scope, "heads_kept": kh, "neurons_kept": kn,
-                          "head_share_of_budget": kh * ch / max(budget, 1e-30), "loss": loss})
-            if best is None or loss < best[0]:
-                best = (loss, len(tried) - 1, heads, neurons)
+            consider({"scope": scope, "heads_kept": kh, "neurons_kept": kn,
+                      "head_share_of_budget": kh * ch / max(budget, 1e-30)}, heads, neurons)
     _, chosen, heads, neurons = best
-    return heads, neurons, tried, chosen
+    return heads, neurons, tried, chosen, probes
+
+
+# The allocated scope models the loss added by removing the m lowest-ranked units of
+# a (layer, kind) group as s * (m / m_probe)^a, s measured at one probe; a = 1 (linear),
+# 2 (the second-order shape of a loss at a minimum) and 3 are each tried, and the
+# calibration loss picks among them like among the other candidates.
+ALLOCATION_EXPONENTS = (1.0, 2.0, 3.0)
+PROBE_SHARE = 0.5
+
+
+def _lowest(values: np.ndarray, m: int) -> list[int]:
+    """The m lowest-valued indices (ties by position)."""
+    return sorted(np.lexsort((np.arange(len(values)), values))[:m].tolist())
+
+
+def _probe_layers(layout, hv, nv, fh_l, fn_l, evaluate) -> dict:
+    """Measured sensitivity of every (layer, kind): the calibration loss with the
+    scorer's lowest PROBE_SHARE of that layer's removable units masked, minus the loss
+    of the unpruned model. One evaluation per group plus one."""
+    base = float(evaluate({}, {}))
+    out: dict = {"base_loss": base, "share": PROBE_SHARE, "heads": [], "neurons": []}
+    for kind, values, floors in (("heads", hv, fh_l), ("neurons", nv, fn_l)):
+        for layer, v in enumerate(values):
+            removable = len(v) - int(floors[layer])
+            m = int(round(PROBE_SHARE * removable)) if removable > 1 else removable
+            if m <= 0:
+                out[kind].append({"removed": 0, "loss_added": 0.0})
+                continue
+            idx = {layer: _lowest(v, m)}
+            loss = float(evaluate(idx, {}) if kind == "heads" else evaluate({}, idx))
+            out[kind].append({"removed": m, "loss_added": loss - base})
+    return out
+
+
+def _allocate(layout, hv, nv, fh_l, fn_l, budget, ch, cn, probes, exponent):
+    """Units to remove so the kept cost fits the budget at the least modelled loss.
+
+    Each group's modelled loss s (m / m_probe)^a is convex in m for a >= 1, so taking
+    removals in increasing order of marginal loss per unit of cost saved is optimal for
+    the model (a greedy exchange argument); within a group the scorer's order decides
+    which units. Neurons taken last are given back while the budget still holds them."""
+    groups = []  # (kind, layer, cost, removable, m_probe, s)
+    for kind, values, floors, cost in (("heads", hv, fh_l, ch), ("neurons", nv, fn_l, cn)):
+        for layer, v in enumerate(values):
+            p = probes[kind][layer]
+            groups.append((kind, layer, cost, len(v) - int(floors[layer]), p["removed"], p["loss_added"]))
+    scale = max([abs(g[5]) for g in groups] + [1e-12])
+    marg, gid, cost_of = [], [], []
+    for g, (_, _, cost, removable, mp, s) in enumerate(groups):
+        if removable <= 0:
+            continue
+        m = np.arange(1, removable + 1, dtype=np.float64)
+        # a group whose probe did not raise the loss still costs a little per unit, so
+        # units are not taken from it in arbitrary order against the others
+        s = max(s, 1e-6 * scale)
+        mp = max(mp, 1)
+        marg.append(s * ((m / mp) ** exponent - ((m - 1) / mp) ** exponent) / cost)
+        gid.append(np.full(removable, g))
+        cost_of.append(np.full(removable, cost, dtype=np.float64))
+    full = ch * sum(layout.heads_per_layer) + cn * sum(layout.ffn_per_layer)
+    need = full - budget
+    take = {g: 0 for g in range(len(groups))}
+    if marg and need > 1e-9:
+        marg_a, gid_a, cost_a = np.concatenate(marg), np.concatenate(gid), np.concatenate(cost_of)
+        order = np.lexsort((gid_a, marg_a))  # within a group marginals rise, so this takes prefixes
+        saved = np.cumsum(cost_a[order])
+        k = int(min(np.searchsorted(saved, need - 1e-9) + 1, len(order)))
+        slack = saved[k - 1] - need
+        chosen = order[:k]
+        keep_back = np.zeros(k, dtype=bool)
+        # give back the last-taken neurons while the budget still holds them
+        for j in range(k - 1, -1, -1):
+            if groups[gid_a[chosen[j]]][0] != "neurons":
+                continue
+            if slack < cn - 1e-9:
+                break
+            keep_back[j] = True
+            slack -= cn
+        for g in gid_a[chosen[~keep_back]].tolist():
+            take[g] += 1
+    heads: dict[int, list[int]] = {}
+    neurons: dict[int, list[int]] = {}
+    for g, (kind, layer, *_rest) in enumerate(groups):
+        if take[g]:
+            v = (hv if kind == "heads" else nv)[layer]
+            (heads if kind == "heads" else neurons)[layer] = _lowest(v, take[g])
+    return heads, neurons

@@ -103,7 +103,7 @@ def cases(draw):
     share = draw(st.floats(0.01, 0.99))
     fh, fn = draw(st.integers(0, 3)), draw(st.integers(0, 5))
     split = draw(st.sampled_from(["importance", "measure"]))
-    scope = draw(st.sampled_from(["search", "global", "per_layer"]))
+    scope = draw(st.sampled_from(["search", "global", "per_layer", "allocated"]))
     return layout, seed, kind, share, fh, fn, split, scope
 
 
@@ -150,7 +150,10 @@ def test_the_plan_meets_the_budget_within_one_unit_and_keeps_the_floors(case):
     assert info["achieved"]["flops"] == pytest.approx(budget_shares(layout, kept)["flops"])
     if split == "measure":
         losses = [c["loss"] for c in info["candidates"]]
-        assert len(calls) == len(losses) and losses[info["chosen"]] == min(losses)
+        probes = info.get("probes")
+        n_probes = 0 if probes is None else 1 + sum(p["removed"] > 0 for k in ("heads", "neurons") for p in probes[k])
+        assert (probes is not None) == (scope in ("search", "allocated"))
+        assert len(calls) == len(losses) + n_probes and losses[info["chosen"]] == min(losses)
 
 
 @settings(max_examples=60, deadline=None)
@@ -250,7 +253,10 @@ targets:
     res = run(["--recipe", str(write_recipe(tmp_path, body)), "--output", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     b = json.loads((out / "plan.json").read_text())["source"]["budget"]
-    assert b["split"] == "measure" and len(b["candidates"]) == 6
+    # 3 head counts per ranked scope, one allocation per exponent from the layer probes
+    assert b["split"] == "measure" and len(b["candidates"]) == 6 + 3
+    assert {c["scope"] for c in b["candidates"]} == {"global", "per_layer", "allocated"}
+    assert len(b["probes"]["heads"]) == len(b["probes"]["neurons"]) == 3  # one per layer
     assert json.loads((out / "plan.json").read_text())["source"]["split_loss"] == "output"
     losses = [c["loss"] for c in b["candidates"]]
     assert b["candidates"][b["chosen"]]["loss"] == min(losses) and max(losses) > 0
@@ -319,3 +325,30 @@ def test_budget_60_recipe_runs_shrunk_on_a_tiny_model(tmp_path):
     m = run_recipe(parse_recipe(data, "budget-60"), output=tmp_path / "out", progress=False)
     assert m["budget"]["within_one_unit"] and m["flops_kept_share"] <= 0.6
     assert {"original", "pruned"} <= set(m["evaluation"])
+
+
+def test_allocated_scope_takes_cuts_where_the_measured_loss_rises_least():
+    """A synthetic calibration loss in which layer 1's FFN is nearly free to cut and
+    layer 0's FFN and all heads are costly: the allocated candidate removes layer 1's
+    neurons first, in the scorer's order, and wins the measured split."""
+    layout = Layout((4, 4), (40, 40), 8, 16)
+    rng = np.random.default_rng(0)
+    hs = HeadScores("magnitude", tuple(tuple(rng.random(4)) for _ in range(2)))
+    ns = NeuronScores("magnitude", tuple(rng.random(40) for _ in range(2)))
+    weight = {("h", 0): 5.0, ("h", 1): 5.0, ("n", 0): 1.0, ("n", 1): 0.01}
+
+    def evaluate(heads, neurons):
+        loss = sum(weight[("h", l)] * (len(i) / 4) ** 2 for l, i in heads.items())
+        return 1.0 + loss + sum(weight[("n", l)] * (len(i) / 40) ** 2 for l, i in neurons.items())
+
+    t = BudgetTarget("params", 0.7, "magnitude", "magnitude", split="measure", scope="search", candidates=3)
+    plan = plan_budget(layout, hs, ns, t, evaluate=evaluate)
+    info = plan.source["budget"]
+    assert info["candidates"][info["chosen"]]["scope"] == "allocated"
+    assert [p["removed"] for p in info["probes"]["neurons"]] == [20, 20]
+    assert info["probes"]["neurons"][1]["loss_added"] < info["probes"]["neurons"][0]["loss_added"]
+    assert len(plan.neurons.get(1, ())) > len(plan.neurons.get(0, ()))
+    # within layer 1 the scorer's lowest neurons go
+    order = np.argsort(ns.values[1], kind="stable")
+    assert sorted(plan.neurons[1]) == sorted(order[:len(plan.neurons[1])].tolist())
+    assert info["within_one_unit"]
