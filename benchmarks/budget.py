@@ -3,7 +3,7 @@ per-kind ratios, each scorer pair, with and without the reconstruct stage.
 
 Bases: all-MiniLM-L6-v2 fine-tuned on SST-2 and on MRPC exactly as benchmarks/sweep.py
 does (its cache, ~/.cache/compressor/sweep; a missing base is fine-tuned once).
-Calibration: the first 256 labelled train sentences of the task (``calibration: {source:
+Calibration: the first 1,024 labelled train sentences of the task (``--calibration N``) (``calibration: {source:
 glue, split: train}``, max_length of the sweep's setup), seed 0, as the pipeline reads it.
 Evaluation: the full dev split (SST-2 accuracy, MRPC F1), no fine-tuning anywhere.
 
@@ -83,7 +83,7 @@ SEED_PARAMS = {
     "persistence": {},
     "topology": {},
 }
-CAL_SEQUENCES = 256
+CAL_SEQUENCES = 1024  # as recipes/budget-60.yaml; the README's first table used 256
 
 
 def base_folder(setup) -> Path:
@@ -97,7 +97,7 @@ class Task:
     """One task's base, data and scores, each built the first time a row needs it."""
 
     def __init__(self, name: str, tok, eval_limit: int | None, split_sequences: int | None,
-                 train_base: bool = False) -> None:
+                 train_base: bool = False, calibration: int = CAL_SEQUENCES) -> None:
         self.name, self.tok = name, tok
         self.setup = sweep.FULL[name]
         self.glue = glue_task(name)
@@ -110,7 +110,7 @@ class Task:
         self.base_flops = encoder_flops_per_token(self.layout, FLOPS_SEQ_LEN)
         self.dev = eval_splits(name, str(sweep.GLUE), "dev", eval_limit, 0)
         self.cal_cfg = CalibrationConfig(source="glue", task=name, data_dir=str(sweep.GLUE), split="train",
-                                         num_sequences=CAL_SEQUENCES, batch_size=32, max_length=self.setup.max_length)
+                                         num_sequences=calibration, batch_size=32, max_length=self.setup.max_length)
         start = time.perf_counter()
         self.batches = calibration_batches(self.cal_cfg, tok, self.base.config, 0)
         self.cal_seconds = time.perf_counter() - start
@@ -132,7 +132,7 @@ class Task:
         self.base_metric = self.score(self.base)
         self.base_onnx: Path | None = None
         print(f"{name}: unpruned {self.glue.main_metric} {self.base_metric:.2f} on {sum(map(len, self.dev))} dev "
-              f"examples; calibration {CAL_SEQUENCES} train sentences, "
+              f"examples; calibration {calibration} train sentences, "
               f"{int(sum(int(b.attention_mask.sum()) for b in self.batches)):,} tokens", flush=True)
 
     def score(self, net) -> float:
@@ -261,7 +261,7 @@ def _print_latency(row: dict) -> None:
           f"ratio", flush=True)
 
 
-def timed_compress(t: Task) -> dict:
+def timed_compress(t: Task, calibration: int = CAL_SEQUENCES) -> dict:
     """The whole compress run without fine-tuning or evaluation, through the pipeline:
     load, calibration, fisher scoring, budget search, surgery, reconstruct, save."""
     from compressor.pipeline import run_recipe
@@ -271,7 +271,7 @@ def timed_compress(t: Task) -> dict:
     recipe = parse_recipe({  # recipes/budget-60.yaml without its finetune, export and evaluate
         "model": str(folder), "seed": 0,
         "task": {"name": t.name, "data_dir": str(sweep.GLUE), "max_length": t.setup.max_length},
-        "calibration": {"source": "glue", "split": "train", "num_sequences": CAL_SEQUENCES,
+        "calibration": {"source": "glue", "split": "train", "num_sequences": calibration,
                         "max_length": t.setup.max_length},
         "scorers": [{"name": "fisher"}],
         "targets": {"budget": {"flops": 0.6, "scorer": "fisher"}},
@@ -385,8 +385,10 @@ def main() -> None:
     ap.add_argument("--no-timing", action="store_true", help="skip the timed end-to-end compress run")
     ap.add_argument("--quick", action="store_true", help="SST-2, budget 0.6, fisher and random, 300 dev examples")
     ap.add_argument("--eval-examples", type=int, default=None, help="dev subset (default: the full dev split)")
+    ap.add_argument("--calibration", type=int, default=CAL_SEQUENCES,
+                    help=f"labelled train sentences for scoring, the split and reconstruct (default {CAL_SEQUENCES})")
     ap.add_argument("--split-sequences", type=int, default=None,
-                    help="calibration sequences for the measured split's loss (default: all 256)")
+                    help="calibration sequences for the measured split's loss (default: all of them)")
     ap.add_argument("--runs", type=int, default=20, help="timed ORT calls per model")
     ap.add_argument("--minutes", type=float, default=None, help="start no new row after this long")
     ap.add_argument("--name", default=None, help="results file name (default budget / budget-quick)")
@@ -416,12 +418,15 @@ def main() -> None:
     start = time.perf_counter()
     loaded: dict[str, Task] = {}
     rows: list[dict] = []
-    meta: dict = {"tasks": {}, "calibration_sequences": CAL_SEQUENCES, "split_sequences": args.split_sequences,
+    meta: dict = {"tasks": {}, "calibration_sequences": args.calibration, "split_sequences": args.split_sequences,
                   "eval_examples": args.eval_examples, "reconstruct": ReconstructConfig().__dict__,
                   "seed_params": SEED_PARAMS, "timing": None, "skipped": []}
     queue = jobs(tasks, pairs, budgets, not args.no_timing)
     if args.append and (RESULTS / f"{name}.json").is_file():
         old = json.loads((RESULTS / f"{name}.json").read_text())
+        if old.get("calibration_sequences") != args.calibration:
+            raise SystemExit(f"--append: {name}.json was measured with {old.get('calibration_sequences')} calibration "
+                             f"sentences, not {args.calibration}; pass --name for a new file")
         rows = old["rows"]
         meta.update(timing=old.get("timing"), tasks=old.get("tasks", {}))
         done = {(r["task"], r["mode"], r["pair"], r["budget"]) for r in rows}
@@ -445,11 +450,11 @@ def main() -> None:
                     time.sleep(30)
                     queue.insert(0, (task, mode, pair, b))
                 continue
-            loaded[task] = Task(task, tok, args.eval_examples, args.split_sequences, args.train_base)
+            loaded[task] = Task(task, tok, args.eval_examples, args.split_sequences, args.train_base, args.calibration)
         t = loaded[task]
         t.wanted = {s for p in pairs for s in p.split("/")}
         if mode == "timing":
-            meta["timing"] = timed_compress(t)
+            meta["timing"] = timed_compress(t, args.calibration)
         elif mode == "budget":
             rows += run_budget(t, pair, b, not args.no_reconstruct, args.runs)
         else:
