@@ -25,7 +25,7 @@ def _precheck(models: tuple[str, ...] = (), output: Path | None = None, overwrit
     output file (--json). Returns the resolved models."""
     from .files import check_model_folder
     from .model_paths import resolve_model
-    from .outputs import check_output, check_output_file
+    from .outputs import check_output, check_output_file, clean_stale
 
     sources = [resolve_model(m) for m in models]
     for s in sources:
@@ -38,6 +38,7 @@ def _precheck(models: tuple[str, ...] = (), output: Path | None = None, overwrit
     given = [Path(f).expanduser() for f, _ in files] + [Path(i).expanduser() for i in inputs
                                                           if i is not None and Path(i).expanduser().exists()]
     if output is not None:
+        clean_stale(output)  # temporary siblings left by killed runs (ours, their process gone)
         check_output(output, overwrite, protect=local, inputs=given)
     if json_out is not None:
         check_output_file(json_out, protect=local, inputs=given)
@@ -47,8 +48,8 @@ def _precheck(models: tuple[str, ...] = (), output: Path | None = None, overwrit
 def _usage_error(e: click.ClickException) -> None:
     msg = " ".join(e.format_message().split())
     ctx = getattr(e, "ctx", None)
-    if isinstance(e, click.UsageError) and ctx is not None:
-        msg = f"{msg.rstrip('.')}; see '{ctx.command_path} --help'"
+    if isinstance(e, click.UsageError):
+        msg = f"{msg.rstrip('.')}; see '{ctx.command_path if ctx is not None else 'compress'} --help'"
     _fail(msg)
 
 
@@ -82,7 +83,7 @@ class _Group(click.Group):
 
             previous = signal.signal(signal.SIGTERM, terminate)
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            rv = super().main(args, prog_name or "compress", complete_var, standalone_mode=False, **extra)
         except click.ClickException as e:
             _usage_error(e)
         except (click.exceptions.Abort, KeyboardInterrupt, EOFError):

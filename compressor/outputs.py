@@ -178,12 +178,24 @@ def clean_stale(final: Path) -> list[Path]:
         kept.append(p)
     if kept:
         log.warning("left alone (another run's, or not recognisably compressor's): %s", ", ".join(map(str, kept)))
-    return kept
+    return sorted(kept)
 
 
 def _marker(command: str | None) -> str:
     return json.dumps({"tool": "compressor", "command": command, "pid": os.getpid(), "host": socket.gethostname(),
                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+
+
+def _ordinary_permissions(root: Path) -> None:
+    """Files 0666 and folders 0777 less the umask: some writers (safetensors, tempfile)
+    create private files, but an output is an ordinary file like any the user saves."""
+    umask = _umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~umask)
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                os.chmod(p, 0o666 & ~umask)
 
 
 def _mkdtemp(final: Path, kind: str) -> Path:
@@ -197,9 +209,9 @@ def atomic_output(final: Path, overwrite: bool, command: str | None = None,
     the folder may have appeared meanwhile), on any failure or interruption it is removed."""
     final = _resolve(final)
     protect, inputs = list(protect), list(inputs)
+    clean_stale(final)
     check_output(final, overwrite, protect, inputs)
     final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(final)
     tmp = _mkdtemp(final, "tmp")
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary folder
@@ -207,6 +219,7 @@ def atomic_output(final: Path, overwrite: bool, command: str | None = None,
         yield tmp
         check_output(final, overwrite, protect, inputs)
         (tmp / MARKER).write_text(_marker(command))  # a nested writer may have removed it
+        _ordinary_permissions(tmp)
         old = None
         if final.exists():
             old = _mkdtemp(final, "old")
