@@ -376,9 +376,11 @@ def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_p
 
         check_model_folder(local)
     if json_path is not None:
+        from .model_paths import DEFAULT_MODEL, default_model_path
         from .outputs import check_output_file
 
-        check_output_file(json_path, protect=[local] if local.is_dir() else [],
+        protect = [local] if local.is_dir() else [default_model_path()] if model == DEFAULT_MODEL else []
+        check_output_file(json_path, protect=protect,
                           inputs=[p for p in (local if local.is_file() else None, data_dir) if p is not None
                                   and Path(p).expanduser().exists()])
     splits = eval_splits(task, data_dir, split, limit)

@@ -233,11 +233,25 @@ def atomic_output(final: Path, overwrite: bool, command: str | None = None,
         raise
 
 
+def _clean_stale_files(path: Path, min_age_s: float = 600.0) -> None:
+    """Remove ``.NAME.tmp-PID-*`` files of ours whose process is gone and that are old
+    (a file has no room for a marker, so age stands in for the host check)."""
+    with contextlib.suppress(OSError):
+        for p in path.parent.iterdir():
+            m = _TEMP.match(p.name)
+            if not m or m["name"] != path.name or ".tmp-" not in p.name or p.is_symlink() or not p.is_file():
+                continue
+            st = p.stat()
+            if st.st_uid == os.getuid() and time.time() - st.st_mtime > min_age_s and not _alive(int(m["pid"])):
+                p.unlink()
+
+
 def write_json_atomic(path: Path, data, indent: int | None = 2) -> None:
     """Write JSON to ``path`` through a temporary sibling and os.replace: readers see the
     old file or the new one, never half of one. The file gets the umask's permissions."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_files(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

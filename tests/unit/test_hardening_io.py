@@ -458,3 +458,14 @@ def test_startup_stays_lazy_for_the_new_checks(tmp_path):
         assert last == "2 False", (args, run.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, run.stderr)
         assert time.monotonic() - t0 < 60
+
+
+def test_stale_json_temp_files_are_cleaned(tmp_path):
+    dead = _dead_pid()
+    stale = tmp_path / f".res.json.tmp-{dead}-abc123"
+    stale.write_text("{half")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh = tmp_path / f".res.json.tmp-{dead}-def456"  # too young to be sure: kept
+    fresh.write_text("{half")
+    write_json_atomic(tmp_path / "res.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "res.json"]
