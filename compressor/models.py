@@ -96,7 +96,7 @@ def load_model(name: str = DEFAULT_MODEL, attn_implementation: str | None = "eag
                 model = _load_pruned(cls, config, Path(source), Layout.from_json(layout), kwargs)
     except ModelLoadError:
         raise
-    except Exception as e:  # noqa: BLE001  a damaged file surfaces as many exception types
+    except Exception as e:  # a damaged file surfaces as many exception types
         if Path(source).exists():
             raise ModelLoadError(f"could not load weights from {source}: {_first_line(e)}") from None
         if isinstance(e, OSError):
@@ -119,7 +119,7 @@ def _load_pruned(cls, config, folder: Path, layout: Layout, kwargs: dict) -> nn.
         raise ModelLoadError(f"{folder}: config.json {e}") from None
     try:
         state = load_file(str(weights))
-    except Exception as e:  # noqa: BLE001  safetensors raises its own error type for damaged files
+    except Exception as e:  # safetensors raises its own error type for damaged files
         raise ModelLoadError(f"weights file {weights} is corrupted or truncated: {_first_line(e)}") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -186,7 +186,7 @@ def load_tokenizer(name: str):
     try:
         with quiet_transformers():
             return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001  damaged tokenizer files raise many exception types
+    except Exception as e:  # damaged tokenizer files raise many exception types
         if local:  # a folder with tokenizer files that do not load: say so, never go on without them
             files = ", ".join(f for f in TOKENIZER_FILES if (Path(source) / f).is_file())
             raise ModelLoadError(f"the tokenizer in {source} ({files}) cannot be loaded: {_first_line(e)}") from None

@@ -89,7 +89,7 @@ def ort_session(path: Path):
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
-    except Exception as e:  # noqa: BLE001  ONNX Runtime raises its own types for a damaged graph
+    except Exception as e:  # ONNX Runtime raises its own types for a damaged graph
         from ..errors import CompressorError
 
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -129,7 +129,7 @@ def _session(path: Path):
     opts.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001  ONNX Runtime raises its own types for a damaged graph
+    except Exception as e:  # ONNX Runtime raises its own types for a damaged graph
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CompressorError(f"ONNX graph {path} cannot be loaded (corrupted or truncated?): {first}") from None
 

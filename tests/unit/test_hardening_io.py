@@ -12,7 +12,6 @@ import ast
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -224,7 +223,7 @@ def test_usage_errors_are_one_line(tmp_path, monkeypatch, args, message):
 
 
 def test_ctrl_c_inside_a_stage_exits_130_and_leaves_nothing(work, monkeypatch):
-    import compressor.pipeline as pipeline
+    from compressor import pipeline
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -469,3 +468,18 @@ def test_stale_json_temp_files_are_cleaned(tmp_path):
     fresh.write_text("{half")
     write_json_atomic(tmp_path / "res.json", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "res.json"]
+
+
+def test_supported_model_naming_custom_code_loads_the_builtin_class(work):
+    """A BERT folder whose config also names custom code (auto_map) loads as plain BERT:
+    the folder's Python file is never imported."""
+    from compressor.models import load_model
+
+    folder = work / "tiny-bert"
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "evil.py").write_text(f"open({str(work / 'PWNED')!r}, 'w').write('ran')\n")
+    model = load_model(str(folder))
+    assert type(model).__name__ == "BertModel"
+    assert not (work / "PWNED").exists()
