@@ -98,6 +98,11 @@ def load_model(name: str = DEFAULT_MODEL, attn_implementation: str | None = "eag
         raise
     except Exception as e:  # a damaged file surfaces as many exception types
         if Path(source).exists():
+            pickled = sorted(Path(source).glob("*.bin"))
+            if pickled and not any(Path(source).glob("*.safetensors")):
+                # transformers reads pickled weights with torch.load(weights_only=True)
+                raise ModelLoadError(f"weights file {pickled[0]} cannot be loaded: it is damaged, or a pickle holding "
+                                     "more than tensors (only weights-only loading is allowed)") from None
             raise ModelLoadError(f"could not load weights from {source}: {_first_line(e)}") from None
         if isinstance(e, OSError):
             raise _hub_error(name, e) from None

@@ -483,3 +483,22 @@ def test_supported_model_naming_custom_code_loads_the_builtin_class(work):
     model = load_model(str(folder))
     assert type(model).__name__ == "BertModel"
     assert not (work / "PWNED").exists()
+
+
+def test_pickled_weights_are_loaded_weights_only(tmp_path):
+    """A pytorch_model.bin whose pickle would run a command is refused, never unpickled."""
+    import torch
+
+    from tests.conftest import tiny_model
+
+    folder = tmp_path / "m"
+    tiny_model("bert").save_pretrained(folder, safe_serialization=False)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    torch.save({"embeddings.word_embeddings.weight": Evil()}, folder / "pytorch_model.bin")
+    line = fails_cleanly(tmp_path, ["export", "--model", folder, "--output", tmp_path / "o"],
+                         "only weights-only loading is allowed")
+    assert str(folder / "pytorch_model.bin") in line and not (tmp_path / "PWNED").exists()
