@@ -105,6 +105,8 @@ def test_forbidden_output_folders(work, monkeypatch):
         ("/", "is a filesystem root"),
         (str(work / "tiny-bert"), "overlaps the input model"),
         (str(work / "tiny-bert" / "sub"), "overlaps the input model"),
+        (str(work / "plan.json"), "is a file"),  # click refuses a file for a folder option
+        (str(work / "plan.json" / "sub"), "is a file, not a folder"),
     ]
     for output, message in cases:
         fails_cleanly(work, prune_args(work, Path(output), "--overwrite"), message)
@@ -220,6 +222,12 @@ def test_usage_errors_are_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     line = fails_cleanly(tmp_path, args, message)
     assert line.endswith("--help'")
+
+
+def test_no_arguments_and_help_still_exit_0():
+    for args in ([], ["--help"], ["bench", "--help"]):
+        res = invoke(args)
+        assert res.exit_code == 0 and "Usage:" in res.output and not res.stderr
 
 
 def test_ctrl_c_inside_a_stage_exits_130_and_leaves_nothing(work, monkeypatch):
