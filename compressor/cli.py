@@ -18,20 +18,44 @@ def _fail(message: str) -> None:
 
 
 def _precheck(models: tuple[str, ...] = (), output: Path | None = None, overwrite: bool = False,
-              files: tuple[tuple[Path, str], ...] = ()) -> list[str]:
+              files: tuple[tuple[Path, str], ...] = (), json_out: Path | None = None,
+              inputs: tuple[str | Path | None, ...] = ()) -> list[str]:
     """What can be checked before torch and transformers load (seconds on a busy
-    machine): model paths, input files and the output folder. Returns the resolved
-    models."""
+    machine): model paths and their files, input files, the output folder and any
+    output file (--json). Returns the resolved models."""
+    from .files import check_model_folder
     from .model_paths import resolve_model
-    from .outputs import check_output
+    from .outputs import check_output, check_output_file, clean_stale
 
     sources = [resolve_model(m) for m in models]
+    for s in sources:
+        if Path(s).is_dir():
+            check_model_folder(s)
     for f, what in files:
         if not Path(f).expanduser().is_file():
             raise CompressorError(f"{what} not found: {Path(f).expanduser()}")
+    local = [Path(s) for s in sources if Path(s).exists()]
+    given = [Path(f).expanduser() for f, _ in files] + [Path(i).expanduser() for i in inputs
+                                                          if i is not None and Path(i).expanduser().exists()]
     if output is not None:
-        check_output(output, overwrite, protect=[Path(s) for s in sources if Path(s).exists()])
+        clean_stale(output)  # temporary siblings left by killed runs (ours, their process gone)
+        check_output(output, overwrite, protect=local, inputs=given)
+    if json_out is not None:
+        check_output_file(json_out, protect=local, inputs=given)
     return sources
+
+
+def _usage_error(e: click.ClickException) -> None:
+    msg = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError):
+        msg = f"{msg.rstrip('.')}; see '{ctx.command_path if ctx is not None else 'compress'} --help'"
+    _fail(msg)
+
+
+def _interrupted() -> None:
+    click.echo("error: interrupted", err=True)
+    sys.exit(130)
 
 
 class _Group(click.Group):
@@ -42,6 +66,34 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CompressorError as e:
             _fail(str(e))
+        except KeyboardInterrupt:  # before click's handler, which prints a blank line and "Aborted!"
+            _interrupted()
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Usage errors (unknown option or command, missing option, bad value) are one
+        ``error:`` line and exit 2 like every other user error; Ctrl-C (or SIGTERM) is
+        ``error: interrupted`` and exit 130, after temporary outputs are removed."""
+        import signal
+        import threading
+
+        previous = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            def terminate(signum, frame):
+                raise KeyboardInterrupt
+
+            previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            rv = super().main(args, prog_name or "compress", complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            _usage_error(e)
+        except (click.exceptions.Abort, KeyboardInterrupt, EOFError):
+            _interrupted()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 @click.group(cls=_Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,7 +139,9 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
         r = with_calibration_text(r, str(calibration_text))
     if r.calibration.source == "text_file" and not Path(r.calibration.path).expanduser().is_file():
         raise CompressorError(f"calibration text file not found: {Path(r.calibration.path).expanduser()}")
-    _precheck((model or r.model,), output if output is not None else default_output(r), overwrite)
+    task_dir = r.task.data_dir if r.task is not None else None
+    _precheck((model or r.model,), output if output is not None else default_output(r), overwrite,
+              inputs=(recipe, r.calibration.path if r.calibration.source == "text_file" else None, task_dir))
     from .pipeline import run_recipe
 
     metrics = run_recipe(r, output=output, overwrite=overwrite, model=model, progress=not quiet)
@@ -176,13 +230,15 @@ def _int_list(ctx, param, value: str) -> list[int]:
               help="Also write the table as JSON here.")
 def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
     """Latency: PyTorch vs ONNX Runtime fp32 vs int8, median and p90 per batch x sequence."""
-    import json
-
     if model is None and onnx_dir is None:
         raise CompressorError("give --model, --onnx or both")
     if onnx_dir is not None and not onnx_dir.is_dir():
         raise CompressorError(f"ONNX folder not found: {onnx_dir}")
-    _precheck((model,) if model is not None else ())
+    _precheck((model,) if model is not None else (), json_out=json_path, inputs=(onnx_dir,))
+    if onnx_dir is not None:
+        from .files import check_model_folder
+
+        check_model_folder(onnx_dir)
     from .evaluate.latency import Subject, benchmark
     from .models import load_model
     net = load_model(model, attn_implementation=None) if model is not None else None
@@ -190,7 +246,9 @@ def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
     subject = Subject(model or str(onnx_dir), net, onnx_dir)
     rows = benchmark([subject], shapes, runs, warmup, progress=click.echo)
     if json_path is not None:
-        json_path.write_text(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
+        from .outputs import write_json_atomic
+
+        write_json_atomic(json_path, [r.to_json() for r in rows])
         click.echo(f"wrote {json_path}")
 
 
@@ -224,7 +282,8 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
         from .data.glue import glue_task
 
         glue_task(task)
-    _precheck(models, output, overwrite, ((calibration_text, "calibration text file"),) if calibration_text else ())
+    _precheck(models, output, overwrite, ((calibration_text, "calibration text file"),) if calibration_text else (),
+              inputs=(data_dir,))
     from .analyze import analyze as run_analyze
     source = "text_file" if calibration_text else "glue" if task else "random_tokens"
     cfg = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
@@ -271,7 +330,8 @@ def reconstruct(model, reference, output, calibration_text, task, data_dir, spli
         from .data.glue import glue_task
 
         glue_task(task)
-    _precheck((model, reference), output, overwrite, ((calibration_text, "calibration text file"),) if calibration_text else ())
+    _precheck((model, reference), output, overwrite,
+              ((calibration_text, "calibration text file"),) if calibration_text else (), inputs=(data_dir,))
     from .pipeline import run_reconstruct
     source = "text_file" if calibration_text else "glue" if task else "random_tokens"
     cal = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
@@ -304,14 +364,25 @@ _DATA_DIR_HELP = "Folder in the GLUE TSV layout (<dir>/SST-2/dev.tsv ...); the h
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_path, quiet):
     """Score a model (PyTorch or ONNX) on a GLUE task with the task's metrics."""
-    import json
-
     from .data.glue import eval_splits, glue_task
     from .model_paths import _looks_like_path
 
     glue_task(task)  # an unknown task fails before the model loads
-    if _looks_like_path(model) and not Path(model).expanduser().exists():
+    local = Path(model).expanduser()
+    if _looks_like_path(model) and not local.exists():
         raise CompressorError(f"model path does not exist: {model}")
+    if local.is_dir():
+        from .files import check_model_folder
+
+        check_model_folder(local)
+    if json_path is not None:
+        from .model_paths import DEFAULT_MODEL, default_model_path
+        from .outputs import check_output_file
+
+        protect = [local] if local.is_dir() else [default_model_path()] if model == DEFAULT_MODEL else []
+        check_output_file(json_path, protect=protect,
+                          inputs=[p for p in (local if local.is_file() else None, data_dir) if p is not None
+                                  and Path(p).expanduser().exists()])
     splits = eval_splits(task, data_dir, split, limit)
     from .evaluate.glue import runner_for, score_splits
     from .progress import StageTimer
@@ -322,7 +393,9 @@ def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_p
     shown = ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items())
     click.echo(f"{res.task} {res.split} ({runner.backend}, {res.examples} examples): {shown}")
     if json_path is not None:
-        json_path.write_text(json.dumps(res.to_json(), indent=2) + "\n")
+        from .outputs import write_json_atomic
+
+        write_json_atomic(json_path, res.to_json())
         click.echo(f"wrote {json_path}")
 
 
@@ -359,7 +432,7 @@ def finetune(model, task, data_dir, output, max_steps, epochs, lr, batch_size, m
     if max_steps is not None and epochs is not None:
         raise CompressorError("give --max-steps or --epochs, not both")
     glue_task(task)
-    _precheck((model, *([teacher] if teacher else [])), output, overwrite)
+    _precheck((model, *([teacher] if teacher else [])), output, overwrite, inputs=(data_dir,))
     from .pipeline import run_finetune
     cfg = FinetuneConfig(max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                          distill=DistillConfig(alpha, temperature) if teacher else None, diversity=diversity)

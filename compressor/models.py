@@ -20,6 +20,7 @@ from torch import nn
 from .arch.base import Adapter, Layout, adapter_for, spec_for
 from .compat import quiet_transformers
 from .errors import ModelLoadError
+from .files import check_model_folder
 from .model_paths import DEFAULT_MODEL, default_model_path, resolve_model  # noqa: F401  (re-exported)
 from .types import PruningPlan
 
@@ -34,6 +35,24 @@ def _model_class(config):
         if cls is not None:
             return cls
     return transformers.AutoModel
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_architecture(config: dict, folder: Path) -> None:
+    """Refuse a folder whose architecture compressor does not support before transformers
+    reads it; say so plainly when the folder names its own Python code (auto_map)."""
+    model_type = config.get("model_type")
+    try:
+        spec_for(model_type)
+    except ModelLoadError as e:
+        if config.get("auto_map"):
+            raise ModelLoadError(f"{e} ({folder / 'config.json'} names custom code in auto_map; "
+                                 "compressor never runs code from a model folder)") from None
+        raise
 
 
 def _hub_error(name: str, err: Exception) -> ModelLoadError:
@@ -53,12 +72,17 @@ def load_model(name: str = DEFAULT_MODEL, attn_implementation: str | None = "eag
 
     source = resolve_model(name)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if Path(source).is_dir():
+        # config.json, the tokenizer files and the weights' headers are checked before
+        # transformers reads them, and the architecture before transformers sees the
+        # folder: a folder naming its own code (auto_map) is refused, never run
+        _check_architecture(check_model_folder(source), Path(source))
     try:
         with quiet_transformers():
-            config = AutoConfig.from_pretrained(source, **kwargs)
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False, **kwargs)
     except (OSError, ValueError) as e:
         if Path(source).exists():
-            raise ModelLoadError(f"could not read model config in {source}: {str(e).splitlines()[0]}") from None
+            raise ModelLoadError(f"could not read model config in {source}: {_first_line(e)}") from None
         raise _hub_error(name, e) from None
     spec_for(getattr(config, "model_type", None))  # unsupported architectures fail before any weights load
     cls = _model_class(config)
@@ -67,15 +91,22 @@ def load_model(name: str = DEFAULT_MODEL, attn_implementation: str | None = "eag
         # transformers 5 draws a "Loading weights" bar and a load report on stderr
         with quiet_transformers():
             if layout is None:
-                model = cls.from_pretrained(source, config=config, **kwargs)
+                model = cls.from_pretrained(source, config=config, trust_remote_code=False, **kwargs)
             else:
                 model = _load_pruned(cls, config, Path(source), Layout.from_json(layout), kwargs)
     except ModelLoadError:
         raise
-    except OSError as e:
+    except Exception as e:  # a damaged file surfaces as many exception types
         if Path(source).exists():
-            raise ModelLoadError(f"could not load weights from {source}: {str(e).splitlines()[0]}") from None
-        raise _hub_error(name, e) from None
+            pickled = sorted(Path(source).glob("*.bin"))
+            if pickled and not any(Path(source).glob("*.safetensors")):
+                # transformers reads pickled weights with torch.load(weights_only=True)
+                raise ModelLoadError(f"weights file {pickled[0]} cannot be loaded: it is damaged, or a pickle holding "
+                                     "more than tensors (only weights-only loading is allowed)") from None
+            raise ModelLoadError(f"could not load weights from {source}: {_first_line(e)}") from None
+        if isinstance(e, OSError):
+            raise _hub_error(name, e) from None
+        raise
     model.eval()
     return model
 
@@ -91,7 +122,10 @@ def _load_pruned(cls, config, folder: Path, layout: Layout, kwargs: dict) -> nn.
         shape_to_layout(model, layout)
     except ValueError as e:
         raise ModelLoadError(f"{folder}: config.json {e}") from None
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error type for damaged files
+        raise ModelLoadError(f"weights file {weights} is corrupted or truncated: {_first_line(e)}") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -149,15 +183,21 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     source = resolve_model(name)
+    local = Path(source).is_dir()
     # transformers 5 builds an empty tokenizer (no vocabulary) for a folder without
     # tokenizer files instead of failing; such a folder has no tokenizer.
-    if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+    if local and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
         return None
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError):
-        return None
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as e:  # damaged tokenizer files raise many exception types
+        if local:  # a folder with tokenizer files that do not load: say so, never go on without them
+            files = ", ".join(f for f in TOKENIZER_FILES if (Path(source) / f).is_file())
+            raise ModelLoadError(f"the tokenizer in {source} ({files}) cannot be loaded: {_first_line(e)}") from None
+        if isinstance(e, (OSError, ValueError, TypeError)):
+            return None
+        raise
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -55,7 +55,8 @@ def run_recipe(
     model_name = model or recipe.model
     output = Path(output) if output is not None else default_output(recipe)
     source = resolve_model(model_name)  # a missing path fails before anything else
-    check_output(output, overwrite, protect=_local_inputs(source))
+    text = recipe.calibration.path if recipe.calibration.source == "text_file" and recipe.calibration.path else None
+    check_output(output, overwrite, protect=_local_inputs(source), inputs=_local_inputs(*([text] if text else [])))
     torch.manual_seed(recipe.seed)
     timer = StageTimer(progress)
 
@@ -296,7 +297,7 @@ def run_plan(model_name: str, plan_path: Path, output: Path, overwrite: bool = F
     """Replay a saved plan on a model; the output folder is the pruned model."""
     source = resolve_model(model_name)
     plan = PruningPlan.load(plan_path)
-    check_output(output, overwrite, protect=_local_inputs(source))
+    check_output(output, overwrite, protect=_local_inputs(source), inputs=_local_inputs(str(plan_path)))
     with StageTimer(progress)("load model"):
         net = load_model(model_name, attn_implementation=None)
     plan.validate(adapter_for(net).layout())

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import RecipeError
 from .schema import Field, check_mapping
 
@@ -514,13 +512,10 @@ def load_recipe(path: str | Path) -> Recipe:
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"recipe file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"recipe {p} is not valid YAML{where}: {problem}") from None
+    from .files import load_yaml
+
+    # UTF-8 only; no duplicate keys, anchors/aliases, absurd nesting or size (compressor/files.py)
+    data = load_yaml(p, "recipe", RecipeError)
     if data is None:
         data = {}
     return parse_recipe(data, name=p.stem)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,15 +128,20 @@ class PruningPlan:
         return cls.build(d.get("heads"), d.get("neurons"), d.get("source"))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        from .outputs import write_json_atomic
+
+        write_json_atomic(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "PruningPlan":
         p = Path(path)
         if not p.is_file():
             raise PlanError(f"plan file not found: {p}")
+        from .files import load_json
+
+        # UTF-8, not empty, valid JSON, no key named twice: else one line naming the file
+        data = load_json(p, "plan file", PlanError, unique_keys=True)
         try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise PlanError(f"plan file {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
-        return cls.from_json(data)
+            return cls.from_json(data)
+        except PlanError as e:
+            raise PlanError(f"plan file {p}: {e}") from None

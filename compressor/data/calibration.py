@@ -103,7 +103,9 @@ def calibration_batches(cfg: CalibrationConfig, tokenizer, config, seed: int) ->
         path = Path(cfg.path).expanduser()
         if not path.is_file():
             raise CompressorError(f"calibration text file not found: {path}")
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        from ..files import read_text
+
+        lines = [ln.strip() for ln in read_text(path, "calibration text file").splitlines()]
         texts = [(ln,) for ln in lines if ln]
         if not texts:
             raise CompressorError(f"calibration text file {path} has no non-empty line")

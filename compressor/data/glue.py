@@ -10,6 +10,7 @@ reads the same label ids.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +119,11 @@ class GlueSplit:
 def read_glue_tsv(path: Path, columns: tuple[str, ...] | None = None) -> list[dict[str, str]]:
     """Rows of a GLUE TSV. MRPC starts with a byte-order mark and has bare quote
     characters inside sentences, so quoting is off and the BOM is stripped."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f, fieldnames=columns, delimiter="\t", quoting=csv.QUOTE_NONE))
+    from ..files import read_text
+
+    text = read_text(path, "data file", DataError)  # UTF-8 (BOM dropped), else one line naming the file
+    return list(csv.DictReader(io.StringIO(text, newline=""), fieldnames=columns, delimiter="\t",
+                               quoting=csv.QUOTE_NONE))
 
 
 def _split_file(task: GlueTask, split: str) -> str:

@@ -87,7 +87,13 @@ def ort_session(path: Path):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as e:  # ONNX Runtime raises its own types for a damaged graph
+        from ..errors import CompressorError
+
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CompressorError(f"ONNX graph {path} cannot be loaded (corrupted or truncated?): {first}") from None
 
 
 def ort_runner(session, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -162,6 +168,9 @@ def benchmark(
 def _vocab_size(subject: Subject) -> int:
     if subject.model is not None:
         return int(subject.model.config.vocab_size)
-    import json
+    from ..files import load_json
 
-    return int(json.loads((subject.onnx_dir / "config.json").read_text())["vocab_size"])
+    config = load_json(subject.onnx_dir / "config.json", "model config")
+    if not isinstance(config, dict) or not isinstance(config.get("vocab_size"), int):
+        raise CompressorError(f"model config {subject.onnx_dir / 'config.json'} has no integer vocab_size")
+    return int(config["vocab_size"])

@@ -127,7 +127,11 @@ def _session(path: Path):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime raises its own types for a damaged graph
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CompressorError(f"ONNX graph {path} cannot be loaded (corrupted or truncated?): {first}") from None
 
 
 @torch.no_grad()

@@ -41,7 +41,8 @@ def test_compress_recipe_end_to_end(tmp_path, tiny_bert_dir):
     out = tmp_path / "out"
     res = run(["--recipe", str(write_recipe(tmp_path, RECIPE.format(model=tiny_bert_dir))), "--output", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model", "plan.json", "report.html", "scores"]
+    assert sorted(p.name for p in out.iterdir()) == [".compressor-output", "metrics.json", "model", "plan.json",
+                                                     "report.html", "scores"]
     m = json.loads((out / "metrics.json").read_text())
     assert sum(m["after"]["heads_per_layer"]) == 6 and min(m["after"]["heads_per_layer"]) >= 1
     assert m["after"]["ffn_per_layer"] == [19, 19, 19]  # of 37, the 18 strictly below the median go
