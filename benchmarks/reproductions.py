@@ -238,7 +238,7 @@ def main() -> None:
     seeds = range(args.seeds)
     rows, extra = [], {}
 
-    def row(seed_name, claim, paper, measured, command="python benchmarks/reproductions.py"):
+    def row(seed_name, claim, paper, measured):
         rows.append({"seed": seed_name, "claim": claim, "paper": paper, "measured": measured})
         print(f"[{time.perf_counter() - start:5.0f} s] {seed_name}: {claim}: paper {paper}; measured {measured}",
               file=sys.stderr)
@@ -265,7 +265,7 @@ def main() -> None:
     row("sieve_roles", "largest mean block bias per layer (sentence pairs)", "highest in layer 0",
         " / ".join(f"{bb[:, i].mean():.2f}" for i in range(bb.shape[1]))
         + f"; ceiling (all mass in the own segment) {np.mean([r['block_bias_ceiling'] for r in mrpc]):.2f}"
-        + f" < tau = 3; before the fix: 1.00 everywhere")
+        + " < tau = 3; before the fix: 1.00 everywhere")
     row("sieve_roles", "MRPC pairs with syntactic sieves aligned", "all",
         f"{sum(r['sequences'] - r['unaligned'] for r in mrpc)} of {sum(r['sequences'] for r in mrpc)} "
         "(before: 0 of 32)")
