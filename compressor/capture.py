@@ -71,15 +71,18 @@ def run_capture(
     try:
         for batch in bar(batches, progress, desc="capture", unit="batch"):
             state["summary"] = summary_positions(adapter, batch.attention_mask)
+            types = getattr(batch, "token_type_ids", None)  # sentence pairs: the model sees their segments
             out = model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
                 output_attentions=want_attn,
+                **({"token_type_ids": types} if types is not None else {}),
                 **extra,
             )
             cb = CaptureBatch(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
+                token_type_ids=types,
                 summary_index=state["summary"],
                 attentions=tuple(out.attentions) if want_attn else None,
                 ffn_summary=tuple(ffn) if want_ffn else None,
@@ -110,7 +113,8 @@ def _gradient_pass(
             summary = summary_positions(adapter, batch.attention_mask)
             for s in scorers:
                 cb = CaptureBatch(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  summary_index=summary, attentions=None, ffn_summary=None, labels=batch.labels)
+                                  summary_index=summary, attentions=None, ffn_summary=None, labels=batch.labels,
+                                  token_type_ids=getattr(batch, "token_type_ids", None))
                 heads, neurons = mask_gradients(model, adapter, batch, lambda out, _b, s=s, cb=cb: s.losses(out, cb))
                 cb.head_grads, cb.neuron_grads = tuple(heads), tuple(neurons)
                 s.update(cb)

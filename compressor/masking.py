@@ -87,8 +87,10 @@ def _device(model: nn.Module) -> torch.device:
 
 def forward(model: nn.Module, adapter: Adapter, batch: Batch, hidden: bool = False):
     dev = _device(model)
+    types = getattr(batch, "token_type_ids", None)  # sentence pairs: their segments, as at inference
     return model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
-                 output_hidden_states=hidden, **adapter.forward_kwargs())
+                 output_hidden_states=hidden, **({"token_type_ids": types.to(dev)} if types is not None else {}),
+                 **adapter.forward_kwargs())
 
 
 def mask_gradients(

@@ -95,6 +95,10 @@ def make_plan(
     src = dict(source)
     if heads is not None:
         src["heads"] = {"scorer": heads.scorer, **{k: v for k, v in heads.__dict__.items() if k != "scorer"}}
+        if head_scores is not None and "ratio" in head_scores.extras:
+            # scores chosen for a share of heads pruned (redundancy's clusters): record it
+            # beside the target's, so a plan made from scores for another ratio shows it
+            src["heads"]["scores_ratio"] = head_scores.extras["ratio"]
     if neurons is not None:
         src["neurons"] = {"scorer": neurons.scorer, **{k: v for k, v in neurons.__dict__.items() if k != "scorer"}}
     return PruningPlan.build(h, n, src)

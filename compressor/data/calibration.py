@@ -28,6 +28,9 @@ class Batch:
     input_ids: torch.Tensor  # [batch, seq]
     attention_mask: torch.Tensor  # [batch, seq]
     labels: torch.Tensor | None = None  # [batch] int64 class ids or float32 scores; glue source only
+    # [batch, seq] segment of each token (0 first sentence, 1 second), when the tokenizer
+    # makes them (BERT-style) and the texts are sentence pairs; padded positions 0
+    token_type_ids: torch.Tensor | None = None
 
 
 def _special_ids(tokenizer, config) -> tuple[list[int], list[int], set[int]]:
@@ -58,25 +61,48 @@ def _pad_id(tokenizer, config) -> int:
     return 0
 
 
-def _batches(seqs: list[list[int]], batch_size: int, pad_id: int, labels: np.ndarray | None = None) -> list[Batch]:
+def _batches(seqs: list[list[int]], batch_size: int, pad_id: int, labels: np.ndarray | None = None,
+             types: list[list[int]] | None = None) -> list[Batch]:
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = []
     for start in range(0, len(order), batch_size):
-        chunk = [seqs[i] for i in order[start : start + batch_size]]
+        rows = order[start : start + batch_size]
+        chunk = [seqs[i] for i in rows]
         width = max(len(s) for s in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        tt = None if types is None else torch.zeros((len(chunk), width), dtype=torch.long)
         for row, s in enumerate(chunk):
             ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[row, : len(s)] = 1
-        y = None if labels is None else torch.from_numpy(labels[order[start : start + batch_size]])
-        out.append(Batch(ids, mask, y))
+            if tt is not None:
+                tt[row, : len(s)] = torch.tensor(types[rows[row]], dtype=torch.long)
+        y = None if labels is None else torch.from_numpy(labels[rows])
+        out.append(Batch(ids, mask, y, tt))
+    return out
+
+
+def never_produced_ids(tokenizer) -> set[int]:
+    """Ids a tokenizer never emits for text: its special tokens, and BERT's reserved
+    ``[unusedN]`` slots (994 in bert-base-uncased's vocabulary; placeholders that no
+    text maps to). Random-token calibration leaves them out so the sampled sequences
+    hold only tokens that real text can contain."""
+    import re
+
+    out = set(tokenizer.all_special_ids)
+    unused = re.compile(r"^\[unused\d+\]$|^<unused\d+>$")
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    out |= {i for t, i in vocab.items() if unused.match(t)}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    out |= {i for i, t in added.items() if getattr(t, "special", False)}  # added control tokens
     return out
 
 
 def random_token_sequences(cfg: CalibrationConfig, tokenizer, config, seed: int) -> list[list[int]]:
     prefix, suffix, specials = _special_ids(tokenizer, config)
     vocab = int(config.vocab_size) if tokenizer is None else min(len(tokenizer), int(config.vocab_size))
+    if tokenizer is not None:
+        specials = specials | never_produced_ids(tokenizer)
     candidates = np.setdiff1d(np.arange(vocab), np.array(sorted(specials), dtype=np.int64))
     rng = np.random.default_rng(seed)
     n_special = len(prefix) + len(suffix)
@@ -84,19 +110,24 @@ def random_token_sequences(cfg: CalibrationConfig, tokenizer, config, seed: int)
     return [prefix + candidates[rng.integers(0, len(candidates), int(n) - n_special)].tolist() + suffix for n in lengths]
 
 
-def _encode_texts(texts: list[tuple[str, ...]], tokenizer, cfg: CalibrationConfig) -> list[list[int]]:
+def _encode_texts(texts: list[tuple[str, ...]], tokenizer, cfg: CalibrationConfig
+                  ) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Ids per text, and token types per text when the texts are sentence pairs and the
+    tokenizer makes them (None otherwise: one segment)."""
     if tokenizer is None:
         raise CompressorError(f"calibration source '{cfg.source}' needs a tokenizer, and the model folder has none")
-    out = []
+    out, types = [], []
     for t in texts[: cfg.num_sequences]:
         enc = tokenizer(*t, truncation=True, max_length=cfg.max_length)
         out.append(list(enc["input_ids"]))
-    return out
+        types.append(list(enc["token_type_ids"]) if "token_type_ids" in enc else None)
+    pairs = any(len(t) > 1 for t in texts[: cfg.num_sequences])
+    return out, (types if pairs and types and all(x is not None for x in types) else None)
 
 
 def calibration_batches(cfg: CalibrationConfig, tokenizer, config, seed: int) -> list[Batch]:
     pad = _pad_id(tokenizer, config)
-    labels = None
+    labels = types = None
     if cfg.source == "random_tokens":
         seqs = random_token_sequences(cfg, tokenizer, config, seed)
     elif cfg.source == "text_file":
@@ -109,14 +140,14 @@ def calibration_batches(cfg: CalibrationConfig, tokenizer, config, seed: int) ->
         texts = [(ln,) for ln in lines if ln]
         if not texts:
             raise CompressorError(f"calibration text file {path} has no non-empty line")
-        seqs = _encode_texts(texts, tokenizer, cfg)
+        seqs, types = _encode_texts(texts, tokenizer, cfg)
     elif cfg.source == "glue":
         if cfg.split == "test":  # GLUE's test splits carry no labels
-            seqs = _encode_texts(glue_texts(cfg.task, cfg.data_dir, cfg.split), tokenizer, cfg)
+            seqs, types = _encode_texts(glue_texts(cfg.task, cfg.data_dir, cfg.split), tokenizer, cfg)
         else:
             split = load_glue(cfg.task, cfg.data_dir, cfg.split)
-            seqs = _encode_texts(split.texts, tokenizer, cfg)
+            seqs, types = _encode_texts(split.texts, tokenizer, cfg)
             labels = np.ascontiguousarray(split.labels[: len(seqs)])
     else:  # the recipe schema already limits the choices
         raise ValueError(cfg.source)
-    return _batches(seqs, cfg.batch_size, pad, labels)
+    return _batches(seqs, cfg.batch_size, pad, labels, types)

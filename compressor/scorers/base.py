@@ -54,6 +54,7 @@ class CaptureBatch:
     head_grads: tuple[torch.Tensor, ...] | None = None
     neuron_grads: tuple[torch.Tensor, ...] | None = None
     labels: torch.Tensor | None = None  # [batch] calibration labels when the source has them
+    token_type_ids: torch.Tensor | None = None  # [batch, seq] segments of sentence pairs, when the tokenizer makes them
     # Buffers reused from batch to batch (run_capture passes one dict for the whole run):
     # allocating a fresh copy of all attention maps per batch costs more in page faults
     # than filling it. Scorers reduce each batch before the next, so reuse is safe.

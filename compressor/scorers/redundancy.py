@@ -6,8 +6,13 @@ distance between their attention maps averaged over inputs; heads in one cluster
 the same thing, so keeping one representative per cluster prunes without task data
 (the paper finds the matrices barely change between real text and random tokens).
 
+Distances are averaged per sentence first (over its real query tokens), then over
+sentences, as Bian et al. do; pooling all tokens of all sentences instead weights long
+sentences more (on MiniLM the mean JS distance differs by about 0.015, see
+docs/reproductions.md).
+
 Scores: spectral clustering of the (mean) distance matrix into ceil(N * (1 - ratio))
-clusters; in each cluster the head with the best silhouette is the representative.
+clusters, for the scorer's explicit ``ratio`` param (recorded in the extras); in each cluster the head with the best silhouette is the representative.
 Representatives score 2 + silhouette and the rest their silhouette in [-1, 1], so
 removing the lowest ``ratio`` of heads removes exactly the non-representatives.
 """
@@ -112,6 +117,9 @@ class RedundancyScorer(Scorer):
             "heads": names,
             "matrices": {m: v.round(6).tolist() for m, v in mats.items()},
             "clustered_on": self.p["cluster_on"],
+            # the clusters (so these scores) are chosen for this share of heads pruned:
+            # the scorer's explicit ``ratio`` param (targets.heads.ratio unless set)
+            "ratio": float(ratio),
             "clusters": int(k),
             "labels": labels.tolist(),
             "silhouette": silhouette.round(6).tolist(),

@@ -1,16 +1,20 @@
 """Sieve roles (Pande, Budhraja, Nema, Kumar, Khapra, "The heads hypothesis: A unifying
 statistical approach towards understanding multi-headed attention in BERT", AAAI 2021).
 
-A sieve is, for each query token, a set of keys: its neighbours (local, +-2), the previous
-or next token, the delimiters ([CLS] and [SEP]), [CLS] alone, [SEP] alone, its own segment
-(block), or tokens in a dependency relation with it (nsubj, dobj, amod, advmod, from a
-spaCy parse mapped onto word pieces). A head's sieve bias for a query is
+A sieve is, for each query token, a set of keys: the token and its neighbours within 2
+(local, 5 keys as in the paper), the previous or next token, the delimiters ([CLS] and
+[SEP]), [CLS] alone, [SEP] alone, its own segment (block: the tokenizer's token types on
+sentence pairs, else the spans between separators), or tokens in a dependency relation
+with it (nsubj, dobj, amod, advmod, from a spaCy parse of each sentence, sentences of a
+pair parsed separately, mapped onto word pieces). A head's sieve bias for a query is
 
     mean attention inside the sieve / mean attention over all real keys,
 
 1 for uniform attention; per sequence it is averaged over the queries whose sieve is
-not empty. A head holds a role when a one-tailed t-test across sequences says its mean
-bias exceeds tau (default 3) at p < alpha (0.05). A head may hold several roles.
+not empty. A head holds a role when a one-tailed test across sequences says its mean
+bias exceeds tau (default 3) at p < alpha (0.05): the paper's z-test (default;
+z = (mean - tau) / (sd / sqrt(n)), p from the normal tail) or a t-test (``test: t``,
+Student's tail, more conservative for few sequences). A head may hold several roles.
 
 Scores (higher = keep): number of roles, then the largest mean bias, so heads without
 any role are pruned first, then those with fewest roles and lowest bias.
@@ -62,6 +66,20 @@ def spacy_parser() -> Parser | None:
     return parse
 
 
+def segments(input_ids: torch.Tensor, mask: torch.Tensor, token_type_ids: torch.Tensor | None,
+             sep_id: int) -> torch.Tensor:
+    """[batch, seq] segment of every token: the tokenizer's token types when it made
+    them, else a count of the separator runs before the token (a segment ends with its
+    [SEP], or RoBERTa's doubled </s></s>), so pairs get two blocks either way."""
+    if token_type_ids is not None:
+        return token_type_ids
+    is_sep = input_ids == sep_id  # [batch, seq]
+    prev_sep = torch.zeros_like(is_sep)
+    prev_sep[:, 1:] = is_sep[:, :-1]
+    starts = prev_sep & ~is_sep & mask.bool()  # first token after a separator run
+    return starts.long().cumsum(1)
+
+
 def positional_sieves(input_ids, mask, token_type_ids, special: dict[str, int], names) -> torch.Tensor:
     """[batch, q, k, sieves] bool, keys restricted to real tokens."""
     b, s = input_ids.shape
@@ -72,7 +90,7 @@ def positional_sieves(input_ids, mask, token_type_ids, special: dict[str, int], 
     is_sep = (input_ids == special["sep"])[:, None, :]
     segment = token_type_ids[:, :, None] == token_type_ids[:, None, :]  # [batch, q, k]
     table = {
-        "local": (off.abs() <= 2) & (off != 0),
+        "local": off.abs() <= 2,  # the token and two neighbours each side (Pande et al.)
         "prev": off == -1,
         "next": off == 1,
         "delimiter": is_cls | is_sep,
@@ -83,40 +101,59 @@ def positional_sieves(input_ids, mask, token_type_ids, special: dict[str, int], 
     return torch.stack([(table[n] & real_k).expand(b, s, s) for n in names], -1)
 
 
+def _runs(row: list[int], special: set[int]) -> list[tuple[int, int]]:
+    """[start, end) spans of consecutive non-special tokens: the sentences of a sequence."""
+    out, start = [], None
+    for i, t in enumerate(row + [None]):
+        inside = t is not None and t not in special
+        if inside and start is None:
+            start = i
+        elif not inside and start is not None:
+            out.append((start, i))
+            start = None
+    return out
+
+
 def syntactic_sieves(input_ids, mask, tokenizer, parser: Parser, names) -> tuple[torch.Tensor, int]:
     """[batch, q, k, len(names)] bool from a dependency parse, and the number of sequences
-    that could not be aligned (their sieves stay empty).
+    with a sentence that could not be aligned (its sieves stay empty).
 
-    Each sequence is decoded to text, parsed, and re-tokenized with character offsets;
-    when that reproduces the ids, every word piece maps to the parse token that
-    contains its first character."""
+    Each sentence (a run of non-special tokens: one for a single text, two for a pair)
+    is decoded to text, parsed on its own, and re-tokenized with character offsets;
+    when that reproduces the sentence's ids, every word piece maps to the parse token
+    that contains its first character. Relations stay within a sentence."""
     b, s = input_ids.shape
     out = torch.zeros(b, s, s, len(names), dtype=torch.bool)
     lengths = mask.sum(1).tolist()
-    texts = [tokenizer.decode(input_ids[i, : int(n)].tolist(), skip_special_tokens=True) for i, n in enumerate(lengths)]
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    spans = []  # (sequence, start, end) per sentence
+    for i, n in enumerate(lengths):
+        row = input_ids[i, : int(n)].tolist()
+        spans += [(i, a, e) for a, e in _runs(row, special)]
+    texts = [tokenizer.decode(input_ids[i, a:e].tolist()) for i, a, e in spans]
     parses = parser(texts)
-    skipped = 0
-    for i, (text, (starts, _ends, deps, heads)) in enumerate(zip(texts, parses, strict=True)):
-        enc = tokenizer(text, return_offsets_mapping=True, truncation=True, max_length=s)
-        n = int(lengths[i])
-        if enc["input_ids"] != input_ids[i, :n].tolist():
-            skipped += 1
+    bad: set[int] = set()
+    for (i, a, e), text, (starts, _ends, deps, heads) in zip(spans, texts, parses, strict=True):
+        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        if enc["input_ids"] != input_ids[i, a:e].tolist() or not starts:
+            bad.add(i)
             continue
         st = np.array(starts)
-        # word piece -> parse token (or -1 for special tokens / empty spans)
-        wp = np.array([np.searchsorted(st, a, side="right") - 1 if e > a else -1 for a, e in enc["offset_mapping"]])
+        # word piece -> parse token (or -1 for empty spans)
+        wp = np.array([np.searchsorted(st, x, side="right") - 1 if y > x else -1 for x, y in enc["offset_mapping"]])
+        valid = wp >= 0
         t = len(starts)
         for r, name in enumerate(names):
             rel = np.zeros((t, t), dtype=bool)
-            child = np.array([d == name for d in deps])
-            idx = np.flatnonzero(child)
+            idx = np.flatnonzero(np.array([d == name for d in deps]))
             rel[idx, np.array(heads)[idx]] = True
             rel |= rel.T  # a dependent attends to its head and the head to its dependent
-            valid = wp >= 0
-            m = np.zeros((n, n), dtype=bool)
+            m = np.zeros((e - a, e - a), dtype=bool)
             m[np.ix_(valid, valid)] = rel[np.ix_(wp[valid], wp[valid])]
-            out[i, :n, :n, r] = torch.from_numpy(m)
-    return out, skipped
+            out[i, a:e, a:e, r] = torch.from_numpy(m)
+    for i in bad:  # a sequence is aligned whole or not at all
+        out[i] = False
+    return out, len(bad)
 
 
 def sieve_bias(attn: torch.Tensor, sieves: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -168,30 +205,25 @@ class SieveRolesScorer(Scorer):
         self.syntactic = wanted_syn
         self._bias: list[torch.Tensor] = []
         self._unaligned = 0
+        self.segmented = False  # whether any sequence had more than one segment (pairs)
 
     def update(self, batch: CaptureBatch) -> None:
         ids, mask = batch.input_ids, batch.attention_mask
-        types = torch.zeros_like(ids)  # one segment unless the batch says otherwise
+        types = segments(ids, mask, getattr(batch, "token_type_ids", None), self.special["sep"])
         parts = [positional_sieves(ids, mask, types, self.special, self.positional)]
         if self.syntactic:
             syn, skipped = syntactic_sieves(ids, mask, self.ctx.tokenizer, self._parser, self.syntactic)
             parts.append(syn)
             self._unaligned += skipped
+        real = mask.bool()
+        self.segmented |= bool((types.masked_fill(~real, -1).amax(1) > types.masked_fill(~real, 1 << 30).amin(1)).any())
         attn = batch.heads()
         self._bias.append(sieve_bias(attn, torch.cat(parts, -1), mask))
 
     def finish(self) -> Scores:
-        from scipy.stats import ttest_1samp
-
         names = self.positional + self.syntactic
         bias = torch.cat(self._bias).double().numpy()  # [sequences, N, S]
-        import warnings
-
-        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: sieves never seen
-            mean = np.nanmean(bias, axis=0)  # [N, S]
-            p = ttest_1samp(bias, self.p["tau"], axis=0, alternative="greater", nan_policy="omit").pvalue
-        p = np.where(np.isnan(p), 1.0, np.asarray(p))  # [N, S]
+        mean, p = one_tailed_test(bias, self.p["tau"], self.p["test"])
         has = (p < self.p["alpha"]) & (np.nan_to_num(mean) > self.p["tau"])
         n_roles = has.sum(1)
         top = np.nan_to_num(mean).max(1) if mean.size else np.zeros(len(n_roles))
@@ -206,7 +238,33 @@ class SieveRolesScorer(Scorer):
             "p_values": p.round(6).tolist(),
             "tau": self.p["tau"],
             "alpha": self.p["alpha"],
+            "test": self.p["test"],
+            "segments": self.segmented,
             "unaligned_sequences": self._unaligned,
             "notices": self.notices,
         }
         return Scores(heads=HeadScores(self.name, tuple(values), extras))
+
+
+def one_tailed_test(bias: np.ndarray, tau: float, test: str = "z") -> tuple[np.ndarray, np.ndarray]:
+    """Mean bias [N, S] over sequences and the one-tailed p-value of "mean > tau" [N, S]
+    (1 where a sieve was never seen or the spread is 0 at or below tau).
+
+    bias [sequences, N, S] with NaN where a sequence had no query in the sieve. z: the
+    paper's statistic, (mean - tau) / (sd / sqrt(n)) against the normal tail; t: the
+    same statistic against Student's t with n - 1 degrees of freedom."""
+    from scipy.stats import norm
+    from scipy.stats import t as student
+
+    seen = ~np.isnan(bias)
+    n = seen.sum(0)  # [N, S]
+    x = np.where(seen, bias, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = x.sum(0) / n
+        var = ((np.where(seen, bias - mean, 0.0)) ** 2).sum(0) / (n - 1)
+        stat = (mean - tau) / np.sqrt(var / n)
+        tail = norm.sf(stat) if test == "z" else student.sf(stat, np.maximum(n - 1, 1))
+    # zero spread: the statistic is +-inf (certain) or undefined (mean == tau: not above)
+    tail = np.where((var == 0) & (mean > tau), 0.0, tail)
+    p = np.where((n >= 2) & np.isfinite(tail), tail, 1.0)
+    return np.where(n > 0, mean, np.nan), p

@@ -105,6 +105,8 @@ SPECS: dict[str, ScorerSpec] = {s.name: s for s in (
     }, check=_check_head_types),
     ScorerSpec("sieve_roles", "compressor.scorers.sieve_roles", _HEADS, _ATTN, params={
         "tau": Field("float", 3.0, lo=0.0, help="bias threshold of the one-tailed test"),
+        "test": Field("choice", "z", choices=("z", "t"),
+                      help="z: the paper's one-tailed z-test; t: a one-tailed t-test (n - 1 degrees of freedom)"),
         "alpha": Field("float", 0.05, lo=0.0, hi=1.0, help="significance level"),
         "sieves": Field("list", list(SIEVES), help=f"any of {', '.join(SIEVES)}"),
     }, check=_check_sieve_roles),

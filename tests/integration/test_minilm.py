@@ -114,6 +114,7 @@ def test_head_scorers_on_real_text(minilm, tokenizer, shared_data):
     red, types, roles = (s.finish().heads for s in scorers)
     assert red.extras["clusters"] == 36 and len(red.extras["representatives"]) <= 36
     assert sum(types.extras["type_counts"].values()) == 72 and types.extras["stability"]["mean"] > 0.8
+    assert 0.5 < types.extras["stability"]["stable_share"] <= types.extras["stability"]["mean"]
     assert "figures" in types.extras
     ex = roles.extras
     assert ex["notices"] == [] and ex["unaligned_sequences"] <= 5  # spaCy ([syntax] extra) is installed
@@ -122,6 +123,31 @@ def test_head_scorers_on_real_text(minilm, tokenizer, shared_data):
     # syntactic sieves saw data: their biases are finite numbers, not all zero
     syn = [ex["sieves"].index(n) for n in ("nsubj", "amod")]
     assert np.abs(np.array(ex["mean_bias"])[:, syn]).sum() > 0
+
+
+def test_sieve_roles_on_mrpc_pairs(minilm, tokenizer, shared_data):
+    """Sentence pairs: the block sieve sees two segments and every sentence of a pair is
+    parsed and aligned on its own (before: block bias exactly 1, 32 of 32 pairs unaligned)."""
+    from compressor.capture import run_capture
+    from compressor.scorers import SCORERS, ScoringContext
+
+    a = adapter_for(minilm)
+    cfg = CalibrationConfig(source="glue", task="mrpc", data_dir=str(shared_data / "glue"), split="train",
+                            num_sequences=32, batch_size=16, max_length=128)
+    batches = calibration_batches(cfg, tokenizer, minilm.config, 0)
+    assert all(b.token_type_ids is not None and b.token_type_ids.max() == 1 for b in batches)
+    roles = SCORERS.get("sieve_roles")()
+    roles.begin(ScoringContext(minilm, a, a.layout(), 0, tokenizer))
+    run_capture(minilm, a, batches, [roles], progress=False)
+    ex = roles.finish().heads.extras
+    assert ex["notices"] == [] and ex["segments"] and ex["test"] == "z"
+    assert ex["unaligned_sequences"] <= 3  # a few pairs do not survive decode -> re-encode (e.g. "do n't")
+    bias = np.array(ex["mean_bias"])  # [72, sieves]
+    block = bias[:, ex["sieves"].index("block")]
+    assert block.max() > 1.3 and np.abs(block - 1).max() > 0.2  # no longer exactly 1
+    syn = [ex["sieves"].index(n) for n in ("nsubj", "dobj", "amod", "advmod")]
+    assert (bias[:, syn] > 0).all()  # every syntactic sieve saw pairs
+    assert sum(ex["role_counts"][n] for n in ("nsubj", "dobj", "amod", "advmod")) > 0
 
 
 def test_sst2_finetune_prune_recover_and_onnx_metric(tmp_path, shared_data):

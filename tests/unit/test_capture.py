@@ -82,3 +82,56 @@ def test_text_file_source(tmp_path, tiny_bert_dir):
     batches = calibration_batches(cfg, tok, tiny_model("bert").config, 0)
     assert sum(len(b.input_ids) for b in batches) == 3  # the empty line is skipped
     assert max(b.attention_mask.sum(1).max().item() for b in batches) == 5  # truncated
+
+
+def test_random_tokens_skip_ids_text_never_produces(tmp_path):
+    """[unusedN] placeholders and added special tokens are never sampled; ordinary words are."""
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    from compressor.data.calibration import never_produced_ids
+
+    vocab = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused2]"] + [f"w{i}" for i in range(8)]
+    tk = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)  # BertTokenizerFast reads its state
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 4), ("[SEP]", 5)])
+    tok = BertTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                            pad_token="[PAD]", mask_token="[MASK]")
+    tok.add_tokens([AddedToken("<ctrl>", special=True)], special_tokens=True)
+    assert never_produced_ids(tok) == {0, 1, 2, 3, 4, 5, 6, 7, 16}
+    config = tiny_model("bert").config
+    config.vocab_size = len(tok)
+    cfg = CalibrationConfig(num_sequences=200, batch_size=50, min_length=6, max_length=10)
+    inner = torch.cat([b.input_ids[:, 1:][b.attention_mask[:, 1:].bool()] for b in calibration_batches(cfg, tok, config, 0)])
+    inner = inner[inner != 5]
+    assert set(inner.tolist()) == set(range(8, 16))  # every ordinary word, nothing else
+
+
+def test_sentence_pairs_carry_token_types_into_the_model(tmp_path, tiny_bert_dir):
+    """GLUE pairs: the batch holds the tokenizer's token types, and capture feeds them to
+    the model (different attention than with all types 0)."""
+    from transformers import AutoTokenizer
+
+    from tests.unit.test_glue import write_glue
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    root = write_glue(tmp_path / "glue", n_train=8, n_dev=8)
+    model = tiny_model("bert")
+    with torch.no_grad():  # make the segment embedding matter
+        model.embeddings.token_type_embeddings.weight.normal_(0, 1.0)
+    pairs = calibration_batches(CalibrationConfig(source="glue", task="mrpc", data_dir=str(root), split="dev",
+                                                  num_sequences=8, batch_size=8), tok, model.config, 0)
+    single = calibration_batches(CalibrationConfig(source="glue", task="sst2", data_dir=str(root), split="dev",
+                                                   num_sequences=8, batch_size=8), tok, model.config, 0)
+    assert single[0].token_type_ids is None
+    b = pairs[0]
+    assert b.token_type_ids is not None and b.token_type_ids.shape == b.input_ids.shape
+    first_sep = (b.input_ids == tok.sep_token_id).int().argmax(1)
+    for row in range(b.input_ids.shape[0]):
+        n = int(b.attention_mask[row].sum())
+        assert b.token_type_ids[row, : first_sep[row] + 1].eq(0).all() and b.token_type_ids[row, first_sep[row] + 1 : n].eq(1).all()
+    [with_types] = capture(model, [b])
+    [without] = capture(model, [Batch(b.input_ids, b.attention_mask)])
+    assert torch.equal(with_types.token_type_ids, b.token_type_ids)
+    assert (with_types.attentions[0] - without.attentions[0]).abs().max() > 1e-3

@@ -50,3 +50,21 @@ def test_cluster_names_follow_profiles():
     c[3, 0] = 0.4
     c[3, 8:] = 0.04               # mix
     assert name_clusters(c) == ["vertical", "diagonal", "dense", "dense+vertical"]
+
+
+def test_stability_reports_the_share_stable_in_every_refit():
+    """Guan et al.'s figure (type unchanged in all refits) next to the mean per-refit agreement:
+    well-separated heads are stable; a head halfway between two clusters flips in some refits."""
+    from compressor.scorers.head_types import stability
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(3) * 4  # 3 types, far apart
+    labels = np.repeat(np.arange(3), 6)  # 18 heads
+    per_seq = centres[labels][None] + rng.normal(0, 0.3, (40, 18, 3))  # [sequences, heads, features]
+    clean = stability(per_seq, labels, 3, 6, seed=0)
+    assert clean["stable_share"] == 1.0 and clean["mean"] == 1.0
+    # head 0 on the fence between types 0 and 1: each half of the inputs pulls it one way
+    per_seq[:, 0] = np.where(rng.random((40, 1)) < 0.5, centres[0], centres[1]) + rng.normal(0, 0.3, (40, 3))
+    fenced = stability(per_seq, labels, 3, 12, seed=0)
+    assert fenced["stable_share"] <= 17 / 18 < fenced["mean"] < 1.0
+    assert fenced["min"] <= fenced["mean"] and fenced["splits"] == 12

@@ -33,10 +33,14 @@ def test_matrices_are_distances_and_pruning_keeps_one_per_cluster():
         assert m.shape == (12, 12) and np.allclose(m, m.T) and (np.diag(m) == 0).all(), name
         assert (m >= 0).all() and (m <= 1).all() and m.max() > 0, name
     assert heads.extras["sequences"]["dcor"] == 6 and heads.extras["sequences"]["js"] == 12
-    assert heads.extras["clusters"] == 6
+    assert heads.extras["clusters"] == 6 and heads.extras["ratio"] == 0.5  # the ratio the clusters were chosen for
     plan = plan_heads(heads, adapter_for(model).layout(), HeadTarget(ratio=0.5, min_per_layer=0))
     removed = {f"{layer}.{h}" for layer, hs in plan.items() for h in hs}
     assert len(removed) == 6 and removed.isdisjoint(heads.extras["representatives"])
+    from compressor.planning import make_plan
+
+    plan = make_plan(adapter_for(model).layout(), heads, None, HeadTarget(ratio=0.5, min_per_layer=0), None, {})
+    assert plan.source["heads"]["ratio"] == plan.source["heads"]["scores_ratio"] == 0.5
 
 
 def test_identical_heads_cluster_together():
