@@ -200,8 +200,9 @@ def _trace(model: nn.Module, adapter: Adapter, batches: Sequence[Batch], masks: 
     device = next(model.parameters()).device
     try:
         for b, mask in zip(batches, masks, strict=True):
+            types = getattr(b, "token_type_ids", None)  # sentence pairs: their segments, as at inference
             model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device),
-                  **adapter.forward_kwargs())
+                  **({"token_type_ids": types.to(device)} if types is not None else {}), **adapter.forward_kwargs())
             result.hidden.append(first["hidden"])
             result.calls.append(list(calls))
             on_outputs([o[mask] for o in outs])  # per layer [tokens, hidden]
