@@ -253,8 +253,8 @@ targets:
     res = run(["--recipe", str(write_recipe(tmp_path, body)), "--output", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     b = json.loads((out / "plan.json").read_text())["source"]["budget"]
-    # 3 head counts per ranked scope, one allocation per exponent from the layer probes
-    assert b["split"] == "measure" and len(b["candidates"]) == 6 + 3
+    # 3 head counts per ranked scope, one allocation per exponent (2, 3) from the layer probes
+    assert b["split"] == "measure" and len(b["candidates"]) == 6 + 2
     assert {c["scope"] for c in b["candidates"]} == {"global", "per_layer", "allocated"}
     assert len(b["probes"]["heads"]) == len(b["probes"]["neurons"]) == 3  # one per layer
     assert json.loads((out / "plan.json").read_text())["source"]["split_loss"] == "output"
