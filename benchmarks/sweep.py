@@ -148,13 +148,22 @@ def plans(setup: TaskSetup, layout, scorers, results) -> list[tuple[str, str, fl
 
 
 def ort_latency(net, tok, base_onnx: Path, runs: int) -> tuple[float, float]:
-    """(pruned ms, unpruned ms), timed interleaved at batch 8 x 128."""
+    """(pruned ms, unpruned ms), timed interleaved at batch 8 x 128 with ORT's default session."""
+    return ort_latencies(net, tok, base_onnx, runs, {"default": {}})["default"]
+
+
+def ort_latencies(net, tok, base_onnx: Path, runs: int, settings: dict[str, dict]) -> dict[str, tuple[float, float]]:
+    """{setting: (pruned ms, unpruned ms)} at batch 8 x 128, every session of every setting
+    (``ort_session`` keyword arguments, e.g. {"spin": False}) timed in one interleaved round."""
     with tempfile.TemporaryDirectory() as d:
         export_model(net, tok, Path(d), optimize_graph=True)
         feeds = random_batch(net.config.vocab_size, 8, 128)
-        timed = measure({"pruned": ort_runner(ort_session(Path(d) / "model_optimized.onnx"), feeds),
-                         "base": ort_runner(ort_session(base_onnx), feeds)}, warmup=2, runs=runs)
-    return timed["pruned"][0], timed["base"][0]
+        runners = {}
+        for name, kw in settings.items():
+            runners[(name, "pruned")] = ort_runner(ort_session(Path(d) / "model_optimized.onnx", **kw), feeds)
+            runners[(name, "base")] = ort_runner(ort_session(base_onnx, **kw), feeds)
+        timed = measure(runners, warmup=2, runs=runs)
+    return {name: (timed[(name, "pruned")][0], timed[(name, "base")][0]) for name in settings}
 
 
 def run_task(setup: TaskSetup, tok, runs: int, progress: bool, kinds: tuple[str, ...] = ("heads", "neurons", "combined"),

@@ -228,7 +228,12 @@ def _int_list(ctx, param, value: str) -> list[int]:
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(0))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as JSON here.")
-def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="ORT intra-op threads (default: ORT's, one per physical core).")
+@click.option("--spin/--no-spin", default=None,
+              help="Let idle ORT worker threads busy-wait (ORT's default). --no-spin is faster on a CPU shared "
+                   "with other busy processes.")
+def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path, threads, spin):
     """Latency: PyTorch vs ONNX Runtime fp32 vs int8, median and p90 per batch x sequence."""
     if model is None and onnx_dir is None:
         raise CompressorError("give --model, --onnx or both")
@@ -244,7 +249,7 @@ def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
     net = load_model(model, attn_implementation=None) if model is not None else None
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
     subject = Subject(model or str(onnx_dir), net, onnx_dir)
-    rows = benchmark([subject], shapes, runs, warmup, progress=click.echo)
+    rows = benchmark([subject], shapes, runs, warmup, progress=click.echo, threads=threads, spin=spin)
     if json_path is not None:
         from .outputs import write_json_atomic
 

@@ -81,11 +81,23 @@ def torch_runner(model: nn.Module, feeds: dict[str, np.ndarray]) -> Callable[[],
     return run
 
 
-def ort_session(path: Path):
+def ort_session(path: Path, threads: int | None = None, spin: bool | None = None):
+    """An ORT session for timing. ``threads``: intra-op threads (None: ORT's default, one
+    per physical core). ``spin``: whether idle intra-op workers busy-wait for the next
+    parallel section (None: ORT's default, on). On a CPU shared with other busy
+    processes, spinning makes every operator pay a wait that does not shrink with its
+    work, so a pruned graph (same operators, fewer FLOPs) gains less than its FLOPs
+    (README, "Why latency lags FLOPs at low budgets")."""
     ort = require_ort()
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads is not None:
+        if threads < 1:
+            raise CompressorError(f"threads must be >= 1; got {threads}")
+        opts.intra_op_num_threads = threads
+    if spin is not None:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
@@ -138,10 +150,13 @@ def benchmark(
     runs: int = 20,
     warmup: int = 3,
     progress: Callable[[str], None] | None = None,
+    threads: int | None = None,
+    spin: bool | None = None,
 ) -> list[Timing]:
-    """Time every subject x backend at every (batch, seq), interleaved per shape."""
+    """Time every subject x backend at every (batch, seq), interleaved per shape.
+    ``threads`` and ``spin`` set the ORT sessions (see ``ort_session``)."""
     sessions = {
-        (s.label, name): ort_session(path)
+        (s.label, name): ort_session(path, threads, spin)
         for s in subjects
         if s.onnx_dir is not None
         for name, path in onnx_files(s.onnx_dir).items()
