@@ -102,8 +102,6 @@ def ort_session(path: Path, threads: int | None = None, spin: bool | None = None
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # ONNX Runtime raises its own types for a damaged graph
-        from ..errors import CompressorError
-
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CompressorError(f"ONNX graph {path} cannot be loaded (corrupted or truncated?): {first}") from None
 
