@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
+from .cli_types import BoundedInt, FiniteFloat
 from .errors import CompressorError
+from .schema import MAX_BATCH, MAX_EPOCHS, MAX_RUNS, MAX_SEQUENCES, MAX_STEPS, MAX_TEMPERATURE, SEED_MAX
 
 
 def _fail(message: str) -> None:
@@ -133,15 +135,13 @@ def prune(model, plan, output, overwrite, quiet):
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the ONNX files.")
 @click.option("--optimize/--no-optimize", default=True, show_default=True, help="ONNX Runtime transformer fusions.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write a dynamic int8 graph.")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max |onnx - torch| for fp32 graphs.")
+@click.option("--atol", type=FiniteFloat(0), default=1e-4, show_default=True, help="Max |onnx - torch| for fp32 graphs.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def export(model, output, optimize, quantize, atol, overwrite, quiet):
     """Export to ONNX, check parity with PyTorch, optimize and quantize for ONNX Runtime."""
     from .recipe import ExportConfig
 
-    if atol < 0:
-        raise CompressorError(f"--atol must be >= 0; got {atol}")
     _precheck((model,), output, overwrite)
     from .pipeline import run_export
     res = run_export(model, output, ExportConfig(optimize=optimize, quantize=quantize, atol=atol), overwrite,
@@ -155,12 +155,14 @@ def export(model, output, optimize, quantize, atol, overwrite, quiet):
 
 
 def _int_list(ctx, param, value: str) -> list[int]:
+    hi = MAX_BATCH if param.name == "batch_sizes" else 4096
     try:
         out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         out = []
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"must be a comma-separated list of positive integers; got {value!r}")
+    if not out or min(out) < 1 or max(out) > hi:
+        raise CompressorError(f"--{param.name.replace('_', '-')} must be a comma-separated list of integers "
+                              f"in 1..{hi}; got {value!r}")
     return out
 
 
@@ -170,8 +172,8 @@ def _int_list(ctx, param, value: str) -> list[int]:
               help="Folder written by 'compress export' (times ORT fp32 and int8 graphs found there).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_int_list)
 @click.option("--seq-lens", default="32,128", show_default=True, callback=_int_list)
-@click.option("--runs", default=20, show_default=True, type=click.IntRange(1))
-@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0))
+@click.option("--runs", default=20, show_default=True, type=BoundedInt(1, MAX_RUNS))
+@click.option("--warmup", default=3, show_default=True, type=BoundedInt(0, MAX_RUNS))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as JSON here.")
 def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
@@ -202,12 +204,12 @@ def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
               help="Text file, one text per line (default: random token sequences).")
 @click.option("--task", default=None, help="Or a GLUE task's texts (with --data-dir).")
 @click.option("--data-dir", default=None, help="Folder in the GLUE TSV layout, for --task.")
-@click.option("--num-sequences", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(2, 4096))
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--max-dimension", default=1, show_default=True, type=click.IntRange(0, 2),
+@click.option("--num-sequences", default=64, show_default=True, type=BoundedInt(1, MAX_SEQUENCES))
+@click.option("--max-length", default=128, show_default=True, type=BoundedInt(2, 4096))
+@click.option("--batch-size", default=16, show_default=True, type=BoundedInt(1, MAX_BATCH))
+@click.option("--max-dimension", default=1, show_default=True, type=BoundedInt(0, 2),
               help="Homology up to this dimension (2 is much slower).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--seed", default=0, show_default=True, type=BoundedInt(0, SEED_MAX))
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def analyze(models, output, calibration_text, task, data_dir, num_sequences, max_length, batch_size, max_dimension,
@@ -249,14 +251,14 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
 @click.option("--data-dir", default=None, help="Folder in the GLUE TSV layout, for --task.")
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "dev", "validation", "test"]),
               help="GLUE split for --task.")
-@click.option("--num-sequences", default=256, show_default=True, type=click.IntRange(1))
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(2, 4096))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--ridge", default=0.1, show_default=True, type=click.FloatRange(0),
+@click.option("--num-sequences", default=256, show_default=True, type=BoundedInt(1, MAX_SEQUENCES))
+@click.option("--max-length", default=128, show_default=True, type=BoundedInt(2, 4096))
+@click.option("--batch-size", default=32, show_default=True, type=BoundedInt(1, MAX_BATCH))
+@click.option("--ridge", default=0.1, show_default=True, type=FiniteFloat(0),
               help="Pull toward the pruned weights, relative to the inputs' mean squared norm.")
 @click.option("--kinds", default="both", show_default=True, type=click.Choice(["both", "attention", "ffn"]),
               help="Which output projections to re-fit.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--seed", default=0, show_default=True, type=BoundedInt(0, SEED_MAX))
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def reconstruct(model, reference, output, calibration_text, task, data_dir, split, num_sequences, max_length, batch_size,
@@ -296,9 +298,9 @@ _DATA_DIR_HELP = "Folder in the GLUE TSV layout (<dir>/SST-2/dev.tsv ...); the h
 @click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
 @click.option("--split", default="dev", show_default=True,
               type=click.Choice(["dev", "train", "dev_matched", "dev_mismatched"]))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8))
-@click.option("--limit", default=None, type=click.IntRange(1), help="Score a seeded sample of this many examples.")
+@click.option("--batch-size", default=64, show_default=True, type=BoundedInt(1, MAX_BATCH))
+@click.option("--max-length", default=128, show_default=True, type=BoundedInt(8))
+@click.option("--limit", default=None, type=BoundedInt(1), help="Score a seeded sample of this many examples.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the result as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -331,17 +333,18 @@ def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_p
 @click.option("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.")
 @click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the fine-tuned model.")
-@click.option("--max-steps", default=None, type=click.IntRange(1), help="Optimizer steps (default: --epochs).")
-@click.option("--epochs", default=None, type=click.FloatRange(0, min_open=True), help="Passes over the data (default 1).")
-@click.option("--lr", default=5e-5, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8))
-@click.option("--train-examples", default=None, type=click.IntRange(1), help="Train on a seeded subset.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--max-steps", default=None, type=BoundedInt(1, MAX_STEPS), help="Optimizer steps (default: --epochs).")
+@click.option("--epochs", default=None, type=FiniteFloat(0, MAX_EPOCHS, min_open=True), help="Passes over the data (default 1).")
+@click.option("--lr", default=5e-5, show_default=True, type=FiniteFloat(0, 1))
+@click.option("--batch-size", default=32, show_default=True, type=BoundedInt(1, MAX_BATCH))
+@click.option("--max-length", default=128, show_default=True, type=BoundedInt(8))
+@click.option("--train-examples", default=None, type=BoundedInt(1), help="Train on a seeded subset.")
+@click.option("--seed", default=0, show_default=True, type=BoundedInt(0, SEED_MAX))
 @click.option("--teacher", default=None, help="Fine-tuned model to distill from (logit KD).")
-@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Weight of the KD loss.")
-@click.option("--temperature", default=2.0, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--diversity", default=0.0, show_default=True, type=click.FloatRange(0),
+@click.option("--alpha", default=0.5, show_default=True, type=FiniteFloat(0, 1), help="Weight of the KD loss.")
+@click.option("--temperature", default=2.0, show_default=True,
+              type=FiniteFloat(0, MAX_TEMPERATURE, min_open=True))
+@click.option("--diversity", default=0.0, show_default=True, type=FiniteFloat(0),
               help="Reward heads of one layer for attending differently (weight of the sqrt-JS term).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
