@@ -154,6 +154,9 @@ def export(model, output, optimize, quantize, atol, overwrite, quiet):
     click.echo(f"wrote {output}/")
 
 
+_MAX_LENGTH_HELP = "Tokens per sequence (default 128, or the model's positions when fewer)."
+
+
 def _int_list(ctx, param, value: str) -> list[int]:
     hi = MAX_BATCH if param.name == "batch_sizes" else 4096
     try:
@@ -161,8 +164,8 @@ def _int_list(ctx, param, value: str) -> list[int]:
     except ValueError:
         out = []
     if not out or min(out) < 1 or max(out) > hi:
-        raise CompressorError(f"--{param.name.replace('_', '-')} must be a comma-separated list of integers "
-                              f"in 1..{hi}; got {value!r}")
+        raise CompressorError(f"--{param.name.replace('_', '-')} must be a comma-separated list of positive integers "
+                              f"up to {hi}; got {value!r}")
     return out
 
 
@@ -188,6 +191,10 @@ def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
     from .evaluate.latency import Subject, benchmark
     from .models import load_model
     net = load_model(model, attn_implementation=None) if model is not None else None
+    if net is not None:
+        from .arch.base import check_max_length
+
+        check_max_length(net.config, max(seq_lens), "the longest of --seq-lens")
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
     subject = Subject(model or str(onnx_dir), net, onnx_dir)
     rows = benchmark([subject], shapes, runs, warmup, progress=click.echo)
@@ -205,7 +212,7 @@ def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path):
 @click.option("--task", default=None, help="Or a GLUE task's texts (with --data-dir).")
 @click.option("--data-dir", default=None, help="Folder in the GLUE TSV layout, for --task.")
 @click.option("--num-sequences", default=64, show_default=True, type=BoundedInt(1, MAX_SEQUENCES))
-@click.option("--max-length", default=128, show_default=True, type=BoundedInt(2, 4096))
+@click.option("--max-length", default=None, type=BoundedInt(2, 4096), help=_MAX_LENGTH_HELP)
 @click.option("--batch-size", default=16, show_default=True, type=BoundedInt(1, MAX_BATCH))
 @click.option("--max-dimension", default=1, show_default=True, type=BoundedInt(0, 2),
               help="Homology up to this dimension (2 is much slower).")
@@ -230,7 +237,7 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
     from .analyze import analyze as run_analyze
     source = "text_file" if calibration_text else "glue" if task else "random_tokens"
     cfg = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
-                            min_length=min(16, max_length), max_length=max_length,
+                            min_length=min(16, max_length or 16), max_length=max_length,
                             path=str(calibration_text) if calibration_text else None, task=task, data_dir=data_dir)
     res = run_analyze(list(models), output, cfg, seed, max_dimension, overwrite, progress=not quiet)
     for label, m in res["models"].items():
@@ -252,7 +259,7 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "dev", "validation", "test"]),
               help="GLUE split for --task.")
 @click.option("--num-sequences", default=256, show_default=True, type=BoundedInt(1, MAX_SEQUENCES))
-@click.option("--max-length", default=128, show_default=True, type=BoundedInt(2, 4096))
+@click.option("--max-length", default=None, type=BoundedInt(2, 4096), help=_MAX_LENGTH_HELP)
 @click.option("--batch-size", default=32, show_default=True, type=BoundedInt(1, MAX_BATCH))
 @click.option("--ridge", default=0.1, show_default=True, type=FiniteFloat(0),
               help="Pull toward the pruned weights, relative to the inputs' mean squared norm.")
@@ -277,7 +284,7 @@ def reconstruct(model, reference, output, calibration_text, task, data_dir, spli
     from .pipeline import run_reconstruct
     source = "text_file" if calibration_text else "glue" if task else "random_tokens"
     cal = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
-                            min_length=min(16, max_length), max_length=max_length,
+                            min_length=min(16, max_length or 16), max_length=max_length,
                             path=str(calibration_text) if calibration_text else None, task=task, data_dir=data_dir,
                             split=split)
     res = run_reconstruct(model, reference, output, cal, ReconstructConfig(ridge=ridge, kinds=kinds), seed, overwrite,
@@ -299,7 +306,7 @@ _DATA_DIR_HELP = "Folder in the GLUE TSV layout (<dir>/SST-2/dev.tsv ...); the h
 @click.option("--split", default="dev", show_default=True,
               type=click.Choice(["dev", "train", "dev_matched", "dev_mismatched"]))
 @click.option("--batch-size", default=64, show_default=True, type=BoundedInt(1, MAX_BATCH))
-@click.option("--max-length", default=128, show_default=True, type=BoundedInt(8))
+@click.option("--max-length", default=None, type=BoundedInt(8, 4096), help=_MAX_LENGTH_HELP)
 @click.option("--limit", default=None, type=BoundedInt(1), help="Score a seeded sample of this many examples.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the result as JSON here.")
@@ -315,11 +322,12 @@ def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_p
     if _looks_like_path(model) and not Path(model).expanduser().exists():
         raise CompressorError(f"model path does not exist: {model}")
     splits = eval_splits(task, data_dir, split, limit)
-    from .evaluate.glue import runner_for, score_splits
+    from .evaluate.glue import runner_for, runner_max_length, score_splits
     from .progress import StageTimer
 
     with StageTimer(not quiet)("load model"):
         runner = runner_for(model, attn_implementation=None)
+    max_length = runner_max_length(runner, max_length, "--max-length")
     res = score_splits(runner, splits, batch_size, max_length, progress=not quiet)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items())
     click.echo(f"{res.task} {res.split} ({runner.backend}, {res.examples} examples): {shown}")
@@ -337,7 +345,7 @@ def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_p
 @click.option("--epochs", default=None, type=FiniteFloat(0, MAX_EPOCHS, min_open=True), help="Passes over the data (default 1).")
 @click.option("--lr", default=5e-5, show_default=True, type=FiniteFloat(0, 1))
 @click.option("--batch-size", default=32, show_default=True, type=BoundedInt(1, MAX_BATCH))
-@click.option("--max-length", default=128, show_default=True, type=BoundedInt(8))
+@click.option("--max-length", default=None, type=BoundedInt(8, 4096), help=_MAX_LENGTH_HELP)
 @click.option("--train-examples", default=None, type=BoundedInt(1), help="Train on a seeded subset.")
 @click.option("--seed", default=0, show_default=True, type=BoundedInt(0, SEED_MAX))
 @click.option("--teacher", default=None, help="Fine-tuned model to distill from (logit KD).")

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import torch
 
-from .arch.base import adapter_for
+from .arch.base import adapter_for, check_max_length
 from .capture import run_capture
 from .data.calibration import calibration_batches
 from .data.glue import glue_task, load_glue
 from .evaluate.glue import OnnxClassifier, TorchClassifier, eval_splits, score_splits
 from .finetune import finetune
+from .finite import check_finite
 from .metrics import FLOPS_SEQ_LEN, encoder_flops_per_token
 from .models import load_model, load_tokenizer, model_summary, resolve_model, save_model
 from .outputs import atomic_output, check_output
-from .planning import check_budget, make_plan, plan_budget
+from .planning import check_budget, check_floors, make_plan, plan_budget
 from .progress import StageTimer
 from .recipe import ExportConfig, Recipe, ReconstructConfig, default_output
 from .report.html import render_report
@@ -63,6 +64,8 @@ def run_recipe(
         net = load_model(model_name, attn_implementation="eager")
         tokenizer = load_tokenizer(model_name)
         before = _size_summary(net)
+    recipe = _check_lengths(recipe, net)  # lengths beyond the model's positions fail before any work
+    check_floors(adapter_for(net).layout(), recipe.heads, recipe.neurons, recipe.budget)
     task_data = _task_data(recipe, net)  # bad task input fails here, before hours of work
     if recipe.budget is not None:  # an impossible budget fails before any work too
         check_budget(adapter_for(net).layout(), recipe.budget, _has_bias(net))
@@ -164,6 +167,7 @@ def run_recipe(
                              "within_one_unit": b["within_one_unit"], "split": b["split"]}
     if reconstruction is not None:
         metrics["reconstruct"] = reconstruction.to_json()
+    check_finite(net, "the compressed model")
     with atomic_output(output, overwrite) as tmp:
         with timer("save"):
             save_model(net, tmp / "model", tokenizer)
@@ -200,6 +204,23 @@ def run_recipe(
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "report.html").write_text(render_report(metrics, plan.to_json(), results))
     return metrics
+
+
+def _check_lengths(recipe: Recipe, net) -> Recipe:
+    """calibration.max_length (when calibration is read) and task.max_length against the
+    model's positions; returns the recipe with task.max_length resolved (unset: 128, or
+    the model's positions when fewer)."""
+    from .scorers.specs import scorer_spec
+
+    uses_calibration = (any(scorer_spec(s.name) is not None and scorer_spec(s.name).needs for s in recipe.scorers)
+                        or (recipe.budget is not None and recipe.budget.split == "measure")
+                        or recipe.reconstruct is not None)
+    if uses_calibration:
+        check_max_length(net.config, recipe.calibration.max_length, "recipe field 'calibration.max_length'")
+    if recipe.task is None:
+        return recipe
+    n = check_max_length(net.config, recipe.task.max_length, "recipe field 'task.max_length'")
+    return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=n))
 
 
 def _has_bias(net) -> bool:
@@ -304,13 +325,14 @@ def run_plan(model_name: str, plan_path: Path, output: Path, overwrite: bool = F
     before = _size_summary(net)
     apply_plan(net, plan, inplace=True)
     after = _size_summary(net)
+    check_finite(net, "the pruned model")
     with atomic_output(output, overwrite) as tmp:
         save_model(net, tmp, tokenizer)
         plan.save(tmp / "plan.json")
     return {"before": before, "after": after}
 
 
-def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path, cfg, max_length: int = 128,
+def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path, cfg, max_length: int | None = None,
                  train_examples: int | None = None, teacher: str | None = None, overwrite: bool = False,
                  progress: bool = True):
     """Fine-tune a model folder on a GLUE task and save it (with its head) to ``output``.
@@ -327,11 +349,14 @@ def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path,
         net = load_model(model_name, attn_implementation="eager" if cfg.diversity > 0 else None)
         tokenizer = load_tokenizer(model_name)
         teacher_net = load_model(teacher, attn_implementation=None) if teacher else None
+    # an unset length is 128, or the model's positions when fewer; one above them fails here
+    max_length = check_max_length(net.config, max_length, "--max-length")
     net, res = finetune(net, tokenizer, train, cfg, max_length, teacher=teacher_net, progress=progress)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
         return None
+    check_finite(net, "the fine-tuned model")
     with atomic_output(output, overwrite) as tmp:
         save_model(net, tmp, tokenizer)
         (tmp / "finetune.json").write_text(json.dumps({"task": glue_task(task).name, "config": dataclasses.asdict(cfg),
@@ -357,6 +382,7 @@ def run_reconstruct(model_name: str, reference_name: str, output: Path, calibrat
     # reconstruct checks the token count first, before any work
     result = reconstruct(net, ref, adapter, ref_adapter, batches, cfg, progress=progress)
     out = {"model": model_name, "reference": reference_name, "calibration": calibration.__dict__, **result.to_json()}
+    check_finite(net, "the reconstructed model")
     with atomic_output(output, overwrite) as tmp:
         save_model(net, tmp, tokenizer)
         (tmp / "reconstruct.json").write_text(json.dumps(out, indent=2) + "\n")

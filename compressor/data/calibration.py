@@ -12,6 +12,7 @@ Sequences are sorted by length before batching so padding (wasted compute) is sm
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,20 @@ def _encode_texts(texts: list[tuple[str, ...]], tokenizer, cfg: CalibrationConfi
     return out
 
 
+def fit_length(cfg: CalibrationConfig, config, what: str = "calibration max_length") -> CalibrationConfig:
+    """The calibration with a max_length the model can take: an error naming both numbers
+    when it asks for more positions than the model has; unset (None), 128 or the model's
+    positions when fewer (min_length follows)."""
+    from ..arch.base import check_max_length
+
+    n = check_max_length(config, cfg.max_length, what)
+    if n == cfg.max_length:
+        return cfg
+    return dataclasses.replace(cfg, max_length=n, min_length=min(cfg.min_length, n))
+
+
 def calibration_batches(cfg: CalibrationConfig, tokenizer, config, seed: int) -> list[Batch]:
+    cfg = fit_length(cfg, config)  # before any work: a sequence longer than the positions fails deep in the model
     pad = _pad_id(tokenizer, config)
     labels = None
     if cfg.source == "random_tokens":

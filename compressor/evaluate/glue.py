@@ -155,6 +155,34 @@ def evaluate_glue(runner, task_name: str, data_dir: str | None, split: str = "de
     return score_splits(runner, eval_splits(task_name, data_dir, split, limit), batch_size, max_length, progress)
 
 
+def runner_max_length(runner, max_length: int | None, what: str = "max_length") -> int:
+    """The evaluation length for a runner's model: ``max_length`` if the model has that
+    many positions (an error naming both numbers otherwise); None: 128 or fewer. An ONNX
+    graph's positions come from the config.json that export writes beside it."""
+    from types import SimpleNamespace
+
+    from ..arch.base import check_max_length
+
+    config = getattr(getattr(runner, "model", None), "config", None)
+    if config is None and getattr(runner, "path", None) is not None:
+        import json
+
+        try:
+            d = json.loads((Path(runner.path).parent / "config.json").read_text(encoding="utf-8"))
+            config = SimpleNamespace(model_type=d["model_type"], pad_token_id=d.get("pad_token_id"),
+                                     max_position_embeddings=int(d.get("max_position_embeddings", d.get("n_positions"))))
+        except (OSError, ValueError, KeyError, TypeError):
+            config = None  # no readable config: the graph itself fails on overlong input
+    if config is None:
+        return 128 if max_length is None else max_length
+    try:
+        return check_max_length(config, max_length, what)
+    except CompressorError:
+        raise
+    except Exception:  # an architecture compressor does not know: keep the length asked for
+        return 128 if max_length is None else max_length
+
+
 def runner_for(path_or_name: str, attn_implementation: str | None = None):
     """A PyTorch runner for a model folder/name, or an ONNX runner for a .onnx file or a
     folder written by ``compress export`` (its model.onnx)."""

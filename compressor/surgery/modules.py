@@ -18,6 +18,12 @@ class PrunedConv1D(Conv1D):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size_out = x.shape[:-1] + (self.nf,)
+        # Zero-width cases avoid reshapes through a 0-sized axis: ONNX's Reshape reads a 0
+        # in the target shape as "copy that axis", so the exported graph would fail in ONNX Runtime.
+        if self.nf == 0:
+            return x[..., :0]  # [..., 0]: no output features
+        if self.weight.shape[0] == 0:
+            return self.bias.expand(size_out)  # no input features: the output is the bias
         y = torch.addmm(self.bias, x.flatten(0, -2), self.weight)  # [tokens, nf]
         return y.view(size_out)
 
