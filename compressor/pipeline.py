@@ -66,6 +66,7 @@ def run_recipe(
         before = _size_summary(net)
     recipe = _check_lengths(recipe, net)  # lengths beyond the model's positions fail before any work
     check_floors(adapter_for(net).layout(), recipe.heads, recipe.neurons, recipe.budget)
+    _check_units_left(adapter_for(net).layout(), recipe)
     task_data = _task_data(recipe, net)  # bad task input fails here, before hours of work
     if recipe.budget is not None:  # an impossible budget fails before any work too
         check_budget(adapter_for(net).layout(), recipe.budget, _has_bias(net))
@@ -157,7 +158,9 @@ def run_recipe(
         "before": before,
         "after": after,
         "parameters_kept_share": after["parameters"] / before["parameters"],
-        "flops_kept_share": after["encoder_flops_per_token"] / before["encoder_flops_per_token"],
+        # a model with every head and neuron already removed has no encoder FLOPs to share
+        "flops_kept_share": (after["encoder_flops_per_token"] / before["encoder_flops_per_token"]
+                             if before["encoder_flops_per_token"] else 1.0),
         "heads_removed": sum(len(v) for v in plan.heads.values()),
         "neurons_removed": sum(len(v) for v in plan.neurons.values()),
     }
@@ -221,6 +224,24 @@ def _check_lengths(recipe: Recipe, net) -> Recipe:
         return recipe
     n = check_max_length(net.config, recipe.task.max_length, "recipe field 'task.max_length'")
     return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=n))
+
+
+def _check_units_left(layout, recipe: Recipe) -> None:
+    """A model whose heads (or neurons) were all removed earlier cannot be scored or
+    budgeted on them: one line, before any work."""
+    from .errors import RecipeError
+    from .scorers.specs import scorer_spec
+
+    heads, neurons = sum(layout.heads_per_layer), sum(layout.ffn_per_layer)
+    if recipe.budget is not None and heads + neurons == 0:
+        raise RecipeError("recipe field 'targets.budget' has nothing to budget: the model has no attention heads "
+                          "and no FFN neurons left")
+    if heads == 0:
+        for i, s in enumerate(recipe.scorers):
+            spec = scorer_spec(s.name)
+            if spec is not None and spec.produces == frozenset({"heads"}):
+                raise RecipeError(f"recipe field 'scorers[{i}]' ({s.name}) scores attention heads, and the model "
+                                  f"has none left (every head was removed)")
 
 
 def _has_bias(net) -> bool:
