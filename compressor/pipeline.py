@@ -16,7 +16,7 @@ import torch
 
 from .arch.base import adapter_for, check_max_length
 from .capture import run_capture
-from .data.calibration import calibration_batches
+from .data.calibration import calibration_batches, fit_length
 from .data.glue import glue_task, load_glue
 from .evaluate.glue import OnnxClassifier, TorchClassifier, eval_splits, score_splits
 from .finetune import finetune
@@ -211,15 +211,16 @@ def run_recipe(
 
 def _check_lengths(recipe: Recipe, net) -> Recipe:
     """calibration.max_length (when calibration is read) and task.max_length against the
-    model's positions; returns the recipe with task.max_length resolved (unset: 128, or
-    the model's positions when fewer)."""
+    model's positions; returns the recipe with both resolved (unset: 128, or the model's
+    positions when fewer)."""
     from .scorers.specs import scorer_spec
 
     uses_calibration = (any(scorer_spec(s.name) is not None and scorer_spec(s.name).needs for s in recipe.scorers)
                         or (recipe.budget is not None and recipe.budget.split == "measure")
                         or recipe.reconstruct is not None)
     if uses_calibration:
-        check_max_length(net.config, recipe.calibration.max_length, "recipe field 'calibration.max_length'")
+        cal = fit_length(recipe.calibration, net.config, "recipe field 'calibration.max_length'")
+        recipe = dataclasses.replace(recipe, calibration=cal)
     if recipe.task is None:
         return recipe
     n = check_max_length(net.config, recipe.task.max_length, "recipe field 'task.max_length'")
@@ -399,6 +400,7 @@ def run_reconstruct(model_name: str, reference_name: str, output: Path, calibrat
     adapter, ref_adapter = adapter_for(net), adapter_for(ref)
     check_derived(adapter.layout(), ref_adapter.layout())
     tokenizer = load_tokenizer(model_name)
+    calibration = fit_length(calibration, net.config, "calibration max_length (--max-length)")
     batches = calibration_batches(calibration, tokenizer, net.config, seed)
     # reconstruct checks the token count first, before any work
     result = reconstruct(net, ref, adapter, ref_adapter, batches, cfg, progress=progress)

@@ -47,7 +47,8 @@ CALIBRATION = {
     "num_sequences": Field("int", 256, lo=1, hi=MAX_SEQUENCES),
     "batch_size": Field("int", 32, lo=1, hi=MAX_BATCH),
     "min_length": Field("int", 16, lo=2),
-    "max_length": Field("int", 128, lo=2, hi=4096),
+    "max_length": Field("int", None, lo=2, hi=4096, nullable=True,
+                        help="default 128, or the model's positions when fewer"),
     "path": Field("str", None, nullable=True, help="text_file: one text per line"),
     "task": Field("str", None, nullable=True, help="glue: task name"),
     "data_dir": Field("str", None, nullable=True, help="glue: folder in the GLUE TSV layout"),
@@ -151,7 +152,7 @@ class CalibrationConfig:
     num_sequences: int = 256
     batch_size: int = 32
     min_length: int = 16
-    max_length: int = 128
+    max_length: int | None = 128  # None: 128, or the model's positions when fewer (resolved on load)
     path: str | None = None
     task: str | None = None
     data_dir: str | None = None
@@ -307,7 +308,7 @@ def _check_calibration(data: Any) -> CalibrationConfig:
     if d["source"] is None:
         d["source"] = "text_file" if d["path"] else "glue" if d["task"] else "random_tokens"
     c = CalibrationConfig(**d)
-    if c.min_length > c.max_length:
+    if c.max_length is not None and c.min_length > c.max_length:
         raise RecipeError(
             f"recipe field 'calibration.min_length' must be <= calibration.max_length ({c.max_length}); got {c.min_length}"
         )

@@ -108,7 +108,15 @@ def fit_length(cfg: CalibrationConfig, config, what: str = "calibration max_leng
 
 
 def calibration_batches(cfg: CalibrationConfig, tokenizer, config, seed: int) -> list[Batch]:
-    cfg = fit_length(cfg, config)  # before any work: a sequence longer than the positions fails deep in the model
+    # The entry points (recipe run, analyze, reconstruct) check max_length strictly with
+    # fit_length before any work; here, where a config's default 128 meets a model with
+    # fewer positions, sequences are kept within the positions instead of failing deep in the model.
+    from ..arch.base import max_positions
+
+    n = max_positions(config)
+    if cfg.max_length is None or (n is not None and cfg.max_length > n):
+        length = min(cfg.max_length or 128, n if n is not None else 128)
+        cfg = dataclasses.replace(cfg, max_length=length, min_length=min(cfg.min_length, length))
     pad = _pad_id(tokenizer, config)
     labels = None
     if cfg.source == "random_tokens":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -35,6 +37,14 @@ def slice_projection(module: nn.Module, index: torch.Tensor, dim: str) -> nn.Mod
         raise ValueError(dim)
     w = module.weight
     index = index.to(w.device)
+    with warnings.catch_warnings():
+        # an emptied projection has zero-element weights, whose initialization torch
+        # warns is a no-op; the weights are assigned below anyway
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return _sliced(module, w, index, dim)
+
+
+def _sliced(module: nn.Module, w: torch.Tensor, index: torch.Tensor, dim: str) -> nn.Module:
     if is_conv1d(module):
         # Conv1D weight: [in, out]
         new_w = w.index_select(1 if dim == "out" else 0, index)

@@ -243,7 +243,7 @@ def test_max_length_beyond_the_positions(tmp_path, cls_dir, sst2, tiny_bert_dir)
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, ["analyze", "--model", str(tiny_bert_dir), "--output", str(tmp_path / "a"),
                                     "--max-length", "65"])
-    one_error(res, "max_length is 65", "at most 64")
+    one_error(res, "max_length (--max-length) is 65", "at most 64")
     assert not (tmp_path / "a").exists()
     res = CliRunner().invoke(main, ["bench", "--model", str(tiny_bert_dir), "--seq-lens", "8,128"])
     one_error(res, "the longest of --seq-lens is 128", "at most 64")
