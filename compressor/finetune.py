@@ -64,7 +64,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     return (1 - alpha) * task + alpha * kd
 
 
-def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, max_length: int | None = 128,
+def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, max_length: int | None = None,
              teacher: nn.Module | None = None, progress: bool = True) -> tuple[nn.Module, FinetuneResult]:
     """Train the model (given a task head when it has none) on a labelled split.
 

@@ -21,8 +21,16 @@ from typing import Any
 import yaml
 
 from .errors import RecipeError
-from .schema import (MAX_BATCH, MAX_EPOCHS, MAX_SEQUENCES, MAX_STEPS, MAX_TEMPERATURE, SEED_MAX, Field,
-                     check_mapping)
+from .schema import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_SEQUENCES,
+    MAX_STEPS,
+    MAX_TEMPERATURE,
+    SEED_MAX,
+    Field,
+    check_mapping,
+)
 
 CALIBRATION_SOURCES = ("random_tokens", "text_file", "glue")
 
@@ -46,7 +54,7 @@ CALIBRATION = {
     "source": Field("choice", None, choices=CALIBRATION_SOURCES, nullable=True),
     "num_sequences": Field("int", 256, lo=1, hi=MAX_SEQUENCES),
     "batch_size": Field("int", 32, lo=1, hi=MAX_BATCH),
-    "min_length": Field("int", 16, lo=2),
+    "min_length": Field("int", 16, lo=2, hi=4096),
     "max_length": Field("int", None, lo=2, hi=4096, nullable=True,
                         help="default 128, or the model's positions when fewer"),
     "path": Field("str", None, nullable=True, help="text_file: one text per line"),

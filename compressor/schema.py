@@ -44,7 +44,7 @@ def _range_text(f: Field) -> str:
     return ""
 
 
-def _finite(value: int | float) -> bool:
+def _finite(value: float) -> bool:
     try:
         return math.isfinite(float(value))
     except OverflowError:  # an int beyond float's range

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..arch.base import adapter_for
 from ..data.glue import GlueSplit, GlueTask, eval_splits, glue_task, load_glue  # noqa: F401  (eval_splits re-exported)
-from ..errors import CompressorError
+from ..errors import CompressorError, ModelLoadError
 from ..progress import bar
 from .metrics import glue_metrics, predictions
 
@@ -155,31 +155,35 @@ def evaluate_glue(runner, task_name: str, data_dir: str | None, split: str = "de
     return score_splits(runner, eval_splits(task_name, data_dir, split, limit), batch_size, max_length, progress)
 
 
+def onnx_config(folder: Path):
+    """What an exported folder's config.json says about positions (model_type,
+    max_position_embeddings, pad_token_id), read as plain JSON; None when unreadable (the
+    graph itself then fails on overlong input)."""
+    import json
+    from types import SimpleNamespace
+
+    try:
+        d = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        return SimpleNamespace(model_type=d["model_type"], pad_token_id=d.get("pad_token_id"),
+                               max_position_embeddings=int(d.get("max_position_embeddings", d.get("n_positions"))))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def runner_max_length(runner, max_length: int | None, what: str = "max_length") -> int:
     """The evaluation length for a runner's model: ``max_length`` if the model has that
     many positions (an error naming both numbers otherwise); None: 128 or fewer. An ONNX
     graph's positions come from the config.json that export writes beside it."""
-    from types import SimpleNamespace
-
     from ..arch.base import check_max_length
 
     config = getattr(getattr(runner, "model", None), "config", None)
     if config is None and getattr(runner, "path", None) is not None:
-        import json
-
-        try:
-            d = json.loads((Path(runner.path).parent / "config.json").read_text(encoding="utf-8"))
-            config = SimpleNamespace(model_type=d["model_type"], pad_token_id=d.get("pad_token_id"),
-                                     max_position_embeddings=int(d.get("max_position_embeddings", d.get("n_positions"))))
-        except (OSError, ValueError, KeyError, TypeError):
-            config = None  # no readable config: the graph itself fails on overlong input
+        config = onnx_config(Path(runner.path).parent)
     if config is None:
         return 128 if max_length is None else max_length
     try:
         return check_max_length(config, max_length, what)
-    except CompressorError:
-        raise
-    except Exception:  # an architecture compressor does not know: keep the length asked for
+    except ModelLoadError:  # an architecture compressor does not know: keep the length asked for
         return 128 if max_length is None else max_length
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -63,8 +62,8 @@ def sst2(tmp_path) -> Path:
 # ---- command-line numbers -----------------------------------------------------------
 
 @pytest.mark.parametrize("option, value, allowed", [
-    ("--temperature", "inf", "0<x<=100"),
-    ("--temperature", "0", "0<x<=100"),
+    ("--temperature", "inf", "0.001<=x<=100"),
+    ("--temperature", "0", "0.001<=x<=100"),
     ("--alpha", "nan", "0<=x<=1"),
     ("--alpha", "1.5", "0<=x<=1"),
     ("--diversity", "inf", "x>=0"),

@@ -89,9 +89,9 @@ def test_extreme_plan_end_to_end(tmp_path, models, kind, plan):
     res = CliRunner().invoke(main, ["analyze", "--model", str(pruned), "--output", str(tmp_path / "an"),
                                     "--num-sequences", "4", "--max-length", "12", "--quiet"])
     if sum(layout.heads_per_layer) == 0:
-        assert res.exit_code == 2 and res.stderr.strip().splitlines() == [
-            f"error: model {pruned} has no attention heads left (every head was removed); "
-            f"the topology of heads needs at least one"]
+        want = (f"error: model {pruned} has no attention heads left (every head was removed); "
+                "the topology of heads needs at least one")
+        assert res.exit_code == 2 and res.stderr.strip().splitlines() == [want]
         assert not (tmp_path / "an").exists()
     else:
         ok(res)

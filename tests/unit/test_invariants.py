@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from compressor.cli import main
 from tests.conftest import tiny_model, tiny_tokenizer
 
-SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
-                                                                     HealthCheck.function_scoped_fixture])
+SETTINGS = {"deadline": None, "derandomize": True,
+            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
 _counter = itertools.count()
 
 
