@@ -11,7 +11,8 @@ import numpy as np
 
 from .arch.base import adapter_for
 from .capture import run_capture
-from .data.calibration import calibration_batches
+from .data.calibration import calibration_batches, fit_length
+from .errors import CompressorError
 from .models import load_model, load_tokenizer, model_summary, resolve_model
 from .outputs import atomic_output, check_output
 from .recipe import CalibrationConfig
@@ -40,6 +41,10 @@ def analyze_model(name: str, calibration: CalibrationConfig, seed: int = 0, max_
     tok = load_tokenizer(name)
     adapter = adapter_for(net)
     layout = adapter.layout()
+    if sum(layout.heads_per_layer) == 0:
+        raise CompressorError(f"model {name} has no attention heads left (every head was removed); "
+                              f"the topology of heads needs at least one")
+    calibration = fit_length(calibration, net.config, "calibration max_length (--max-length)")
     scorer = TopologyScorer(max_dimension=max_dimension)
     scorer.begin(ScoringContext(net, adapter, layout, seed, tok))
     run_capture(net, adapter, calibration_batches(calibration, tok, net.config, seed), [scorer], progress=progress)

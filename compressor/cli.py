@@ -9,7 +9,17 @@ from pathlib import Path
 
 import click
 
-from .errors import CompressorError
+from .cli_types import BoundedInt, FiniteFloat
+from .errors import CompressorError, ModelLoadError
+from .schema import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_RUNS,
+    MAX_SEQUENCES,
+    MAX_STEPS,
+    MAX_TEMPERATURE,
+    SEED_MAX,
+)
 
 
 def _fail(message: str) -> None:
@@ -187,15 +197,13 @@ def prune(model, plan, output, overwrite, quiet):
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the ONNX files.")
 @click.option("--optimize/--no-optimize", default=True, show_default=True, help="ONNX Runtime transformer fusions.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write a dynamic int8 graph.")
-@click.option("--atol", type=float, default=1e-4, show_default=True, help="Max |onnx - torch| for fp32 graphs.")
+@click.option("--atol", type=FiniteFloat(0), default=1e-4, show_default=True, help="Max |onnx - torch| for fp32 graphs.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def export(model, output, optimize, quantize, atol, overwrite, quiet):
     """Export to ONNX, check parity with PyTorch, optimize and quantize for ONNX Runtime."""
     from .recipe import ExportConfig
 
-    if atol < 0:
-        raise CompressorError(f"--atol must be >= 0; got {atol}")
     _precheck((model,), output, overwrite)
     from .pipeline import run_export
     res = run_export(model, output, ExportConfig(optimize=optimize, quantize=quantize, atol=atol), overwrite,
@@ -208,13 +216,18 @@ def export(model, output, optimize, quantize, atol, overwrite, quiet):
     click.echo(f"wrote {output}/")
 
 
+_MAX_LENGTH_HELP = "Tokens per sequence (default 128, or the model's positions when fewer)."
+
+
 def _int_list(ctx, param, value: str) -> list[int]:
+    hi = MAX_BATCH if param.name == "batch_sizes" else 4096
     try:
         out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         out = []
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"must be a comma-separated list of positive integers; got {value!r}")
+    if not out or min(out) < 1 or max(out) > hi:
+        raise CompressorError(f"--{param.name.replace('_', '-')} must be a comma-separated list of positive integers "
+                              f"up to {hi}; got {value!r}")
     return out
 
 
@@ -224,8 +237,8 @@ def _int_list(ctx, param, value: str) -> list[int]:
               help="Folder written by 'compress export' (times ORT fp32 and int8 graphs found there).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_int_list)
 @click.option("--seq-lens", default="32,128", show_default=True, callback=_int_list)
-@click.option("--runs", default=20, show_default=True, type=click.IntRange(1))
-@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0))
+@click.option("--runs", default=20, show_default=True, type=BoundedInt(1, MAX_RUNS))
+@click.option("--warmup", default=3, show_default=True, type=BoundedInt(0, MAX_RUNS))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as JSON here.")
 @click.option("--threads", type=click.IntRange(1), default=None,
@@ -247,6 +260,16 @@ def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path, threa
     from .evaluate.latency import Subject, benchmark
     from .models import load_model
     net = load_model(model, attn_implementation=None) if model is not None else None
+    from .arch.base import check_max_length
+    from .evaluate.glue import onnx_config
+
+    graphs = onnx_dir is not None and any(onnx_dir.glob("*.onnx"))
+    for config in (net.config if net is not None else None, onnx_config(onnx_dir) if graphs else None):
+        if config is not None:
+            try:
+                check_max_length(config, max(seq_lens), "the longest of --seq-lens")
+            except ModelLoadError:  # an architecture compressor does not know: the runtime decides
+                pass
     shapes = [(b, s) for b in batch_sizes for s in seq_lens]
     subject = Subject(model or str(onnx_dir), net, onnx_dir)
     rows = benchmark([subject], shapes, runs, warmup, progress=click.echo, threads=threads, spin=spin)
@@ -265,12 +288,12 @@ def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path, threa
               help="Text file, one text per line (default: random token sequences).")
 @click.option("--task", default=None, help="Or a GLUE task's texts (with --data-dir).")
 @click.option("--data-dir", default=None, help="Folder in the GLUE TSV layout, for --task.")
-@click.option("--num-sequences", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(2, 4096))
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--max-dimension", default=1, show_default=True, type=click.IntRange(0, 2),
+@click.option("--num-sequences", default=64, show_default=True, type=BoundedInt(1, MAX_SEQUENCES))
+@click.option("--max-length", default=None, type=BoundedInt(2, 4096), help=_MAX_LENGTH_HELP)
+@click.option("--batch-size", default=16, show_default=True, type=BoundedInt(1, MAX_BATCH))
+@click.option("--max-dimension", default=1, show_default=True, type=BoundedInt(0, 2),
               help="Homology up to this dimension (2 is much slower).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--seed", default=0, show_default=True, type=BoundedInt(0, SEED_MAX))
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def analyze(models, output, calibration_text, task, data_dir, num_sequences, max_length, batch_size, max_dimension,
@@ -292,7 +315,7 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
     from .analyze import analyze as run_analyze
     source = "text_file" if calibration_text else "glue" if task else "random_tokens"
     cfg = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
-                            min_length=min(16, max_length), max_length=max_length,
+                            min_length=min(16, max_length or 16), max_length=max_length,
                             path=str(calibration_text) if calibration_text else None, task=task, data_dir=data_dir)
     res = run_analyze(list(models), output, cfg, seed, max_dimension, overwrite, progress=not quiet)
     for label, m in res["models"].items():
@@ -313,14 +336,14 @@ def analyze(models, output, calibration_text, task, data_dir, num_sequences, max
 @click.option("--data-dir", default=None, help="Folder in the GLUE TSV layout, for --task.")
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "dev", "validation", "test"]),
               help="GLUE split for --task.")
-@click.option("--num-sequences", default=256, show_default=True, type=click.IntRange(1))
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(2, 4096))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--ridge", default=0.1, show_default=True, type=click.FloatRange(0),
+@click.option("--num-sequences", default=256, show_default=True, type=BoundedInt(1, MAX_SEQUENCES))
+@click.option("--max-length", default=None, type=BoundedInt(2, 4096), help=_MAX_LENGTH_HELP)
+@click.option("--batch-size", default=32, show_default=True, type=BoundedInt(1, MAX_BATCH))
+@click.option("--ridge", default=0.1, show_default=True, type=FiniteFloat(0),
               help="Pull toward the pruned weights, relative to the inputs' mean squared norm.")
 @click.option("--kinds", default="both", show_default=True, type=click.Choice(["both", "attention", "ffn"]),
               help="Which output projections to re-fit.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--seed", default=0, show_default=True, type=BoundedInt(0, SEED_MAX))
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def reconstruct(model, reference, output, calibration_text, task, data_dir, split, num_sequences, max_length, batch_size,
@@ -340,7 +363,7 @@ def reconstruct(model, reference, output, calibration_text, task, data_dir, spli
     from .pipeline import run_reconstruct
     source = "text_file" if calibration_text else "glue" if task else "random_tokens"
     cal = CalibrationConfig(source=source, num_sequences=num_sequences, batch_size=batch_size,
-                            min_length=min(16, max_length), max_length=max_length,
+                            min_length=min(16, max_length or 16), max_length=max_length,
                             path=str(calibration_text) if calibration_text else None, task=task, data_dir=data_dir,
                             split=split)
     res = run_reconstruct(model, reference, output, cal, ReconstructConfig(ridge=ridge, kinds=kinds), seed, overwrite,
@@ -361,9 +384,9 @@ _DATA_DIR_HELP = "Folder in the GLUE TSV layout (<dir>/SST-2/dev.tsv ...); the h
 @click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
 @click.option("--split", default="dev", show_default=True,
               type=click.Choice(["dev", "train", "dev_matched", "dev_mismatched"]))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8))
-@click.option("--limit", default=None, type=click.IntRange(1), help="Score a seeded sample of this many examples.")
+@click.option("--batch-size", default=64, show_default=True, type=BoundedInt(1, MAX_BATCH))
+@click.option("--max-length", default=None, type=BoundedInt(8, 4096), help=_MAX_LENGTH_HELP)
+@click.option("--limit", default=None, type=BoundedInt(1), help="Score a seeded sample of this many examples.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the result as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -389,11 +412,12 @@ def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_p
                           inputs=[p for p in (local if local.is_file() else None, data_dir) if p is not None
                                   and Path(p).expanduser().exists()])
     splits = eval_splits(task, data_dir, split, limit)
-    from .evaluate.glue import runner_for, score_splits
+    from .evaluate.glue import runner_for, runner_max_length, score_splits
     from .progress import StageTimer
 
     with StageTimer(not quiet)("load model"):
         runner = runner_for(model, attn_implementation=None)
+    max_length = runner_max_length(runner, max_length, "--max-length")
     res = score_splits(runner, splits, batch_size, max_length, progress=not quiet)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items())
     click.echo(f"{res.task} {res.split} ({runner.backend}, {res.examples} examples): {shown}")
@@ -409,17 +433,18 @@ def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_p
 @click.option("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.")
 @click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the fine-tuned model.")
-@click.option("--max-steps", default=None, type=click.IntRange(1), help="Optimizer steps (default: --epochs).")
-@click.option("--epochs", default=None, type=click.FloatRange(0, min_open=True), help="Passes over the data (default 1).")
-@click.option("--lr", default=5e-5, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(8))
-@click.option("--train-examples", default=None, type=click.IntRange(1), help="Train on a seeded subset.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--max-steps", default=None, type=BoundedInt(1, MAX_STEPS), help="Optimizer steps (default: --epochs).")
+@click.option("--epochs", default=None, type=FiniteFloat(0, MAX_EPOCHS, min_open=True), help="Passes over the data (default 1).")
+@click.option("--lr", default=5e-5, show_default=True, type=FiniteFloat(0, 1))
+@click.option("--batch-size", default=32, show_default=True, type=BoundedInt(1, MAX_BATCH))
+@click.option("--max-length", default=None, type=BoundedInt(8, 4096), help=_MAX_LENGTH_HELP)
+@click.option("--train-examples", default=None, type=BoundedInt(1), help="Train on a seeded subset.")
+@click.option("--seed", default=0, show_default=True, type=BoundedInt(0, SEED_MAX))
 @click.option("--teacher", default=None, help="Fine-tuned model to distill from (logit KD).")
-@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Weight of the KD loss.")
-@click.option("--temperature", default=2.0, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--diversity", default=0.0, show_default=True, type=click.FloatRange(0),
+@click.option("--alpha", default=0.5, show_default=True, type=FiniteFloat(0, 1), help="Weight of the KD loss.")
+@click.option("--temperature", default=2.0, show_default=True,
+              type=FiniteFloat(1e-3, MAX_TEMPERATURE))
+@click.option("--diversity", default=0.0, show_default=True, type=FiniteFloat(0),
               help="Reward heads of one layer for attending differently (weight of the sqrt-JS term).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 from .progress import bar as progress_bar
 
-from .arch.base import adapter_for
+from .arch.base import adapter_for, check_max_length
 from .data.glue import GlueSplit
 from .errors import CompressorError
 from .evaluate.glue import encode
+from .finite import check_loss
 from .recipe import FinetuneConfig
 from .task_head import check_head, with_task_head
 from .topology.heads import within_layer_diversity
@@ -63,7 +64,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
     return (1 - alpha) * task + alpha * kd
 
 
-def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, max_length: int = 128,
+def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, max_length: int | None = None,
              teacher: nn.Module | None = None, progress: bool = True) -> tuple[nn.Module, FinetuneResult]:
     """Train the model (given a task head when it has none) on a labelled split.
 
@@ -83,6 +84,7 @@ def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, 
         check_head(teacher, task, "the distillation teacher")
         if teacher is model:
             raise CompressorError("the distillation teacher cannot be the model being trained; pass a copy")
+    max_length = check_max_length(model.config, max_length, "max_length")
     model = with_task_head(model, task)
     torch.manual_seed(cfg.seed)
     acc = Accelerator()
@@ -128,10 +130,12 @@ def finetune(model: nn.Module, tokenizer, data: GlueSplit, cfg: FinetuneConfig, 
             else:
                 loss = F.cross_entropy(logits, y)
             losses.append(loss.item())
+            check_loss(losses[-1], len(losses), steps)
             if cfg.diversity > 0:
                 div = within_layer_diversity(out.attentions, enc["attention_mask"])
                 spread.append(div.item())
                 loss = loss - cfg.diversity * div
+                check_loss(loss.item(), len(losses), steps)
             acc.backward(loss)
             acc.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()

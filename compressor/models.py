@@ -165,7 +165,10 @@ def shape_to_layout(model: nn.Module, layout: Layout) -> None:
 
 def save_model(model: nn.Module, folder: str | Path, tokenizer=None) -> None:
     """Save weights (safetensors) and a config.json that records the per-layer layout."""
+    from .finite import check_finite
+
     folder = Path(folder)
+    check_finite(model, "the model to save")  # before anything is written
     layout = adapter_for(model).layout()
     setattr(model.config, LAYOUT_KEY, layout.to_json())
     with quiet_transformers():  # transformers 5: a "Writing model shards" bar

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import torch
 
-from .arch.base import adapter_for
+from .arch.base import adapter_for, check_max_length
 from .capture import run_capture
-from .data.calibration import calibration_batches
+from .data.calibration import calibration_batches, fit_length
 from .data.glue import glue_task, load_glue
 from .evaluate.glue import OnnxClassifier, TorchClassifier, eval_splits, score_splits
 from .finetune import finetune
+from .finite import check_finite
 from .metrics import FLOPS_SEQ_LEN, encoder_flops_per_token
 from .models import load_model, load_tokenizer, model_summary, resolve_model, save_model
 from .outputs import atomic_output, check_output
-from .planning import check_budget, make_plan, plan_budget
+from .planning import check_budget, check_floors, make_plan, plan_budget
 from .progress import StageTimer
 from .recipe import ExportConfig, Recipe, ReconstructConfig, default_output
 from .report.html import render_report
@@ -64,6 +65,9 @@ def run_recipe(
         net = load_model(model_name, attn_implementation="eager")
         tokenizer = load_tokenizer(model_name)
         before = _size_summary(net)
+    recipe = _check_lengths(recipe, net)  # lengths beyond the model's positions fail before any work
+    check_floors(adapter_for(net).layout(), recipe.heads, recipe.neurons, recipe.budget)
+    _check_units_left(adapter_for(net).layout(), recipe)
     task_data = _task_data(recipe, net)  # bad task input fails here, before hours of work
     if recipe.budget is not None:  # an impossible budget fails before any work too
         check_budget(adapter_for(net).layout(), recipe.budget, _has_bias(net))
@@ -155,7 +159,9 @@ def run_recipe(
         "before": before,
         "after": after,
         "parameters_kept_share": after["parameters"] / before["parameters"],
-        "flops_kept_share": after["encoder_flops_per_token"] / before["encoder_flops_per_token"],
+        # a model with every head and neuron already removed has no encoder FLOPs to share
+        "flops_kept_share": (after["encoder_flops_per_token"] / before["encoder_flops_per_token"]
+                             if before["encoder_flops_per_token"] else 1.0),
         "heads_removed": sum(len(v) for v in plan.heads.values()),
         "neurons_removed": sum(len(v) for v in plan.neurons.values()),
     }
@@ -165,6 +171,7 @@ def run_recipe(
                              "within_one_unit": b["within_one_unit"], "split": b["split"]}
     if reconstruction is not None:
         metrics["reconstruct"] = reconstruction.to_json()
+    check_finite(net, "the compressed model")
     with atomic_output(output, overwrite) as tmp:
         with timer("save"):
             save_model(net, tmp / "model", tokenizer)
@@ -201,6 +208,42 @@ def run_recipe(
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (tmp / "report.html").write_text(render_report(metrics, plan.to_json(), results))
     return metrics
+
+
+def _check_lengths(recipe: Recipe, net) -> Recipe:
+    """calibration.max_length (when calibration is read) and task.max_length against the
+    model's positions; returns the recipe with both resolved (unset: 128, or the model's
+    positions when fewer)."""
+    from .scorers.specs import scorer_spec
+
+    uses_calibration = (any(scorer_spec(s.name) is not None and scorer_spec(s.name).needs for s in recipe.scorers)
+                        or (recipe.budget is not None and recipe.budget.split == "measure")
+                        or recipe.reconstruct is not None)
+    if uses_calibration:
+        cal = fit_length(recipe.calibration, net.config, "recipe field 'calibration.max_length'")
+        recipe = dataclasses.replace(recipe, calibration=cal)
+    if recipe.task is None:
+        return recipe
+    n = check_max_length(net.config, recipe.task.max_length, "recipe field 'task.max_length'")
+    return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=n))
+
+
+def _check_units_left(layout, recipe: Recipe) -> None:
+    """A model whose heads (or neurons) were all removed earlier cannot be scored or
+    budgeted on them: one line, before any work."""
+    from .errors import RecipeError
+    from .scorers.specs import scorer_spec
+
+    heads, neurons = sum(layout.heads_per_layer), sum(layout.ffn_per_layer)
+    if recipe.budget is not None and heads + neurons == 0:
+        raise RecipeError("recipe field 'targets.budget' has nothing to budget: the model has no attention heads "
+                          "and no FFN neurons left")
+    if heads == 0:
+        for i, s in enumerate(recipe.scorers):
+            spec = scorer_spec(s.name)
+            if spec is not None and spec.produces == frozenset({"heads"}):
+                raise RecipeError(f"recipe field 'scorers[{i}]' ({s.name}) scores attention heads, and the model "
+                                  f"has none left (every head was removed)")
 
 
 def _has_bias(net) -> bool:
@@ -305,13 +348,14 @@ def run_plan(model_name: str, plan_path: Path, output: Path, overwrite: bool = F
     before = _size_summary(net)
     apply_plan(net, plan, inplace=True)
     after = _size_summary(net)
+    check_finite(net, "the pruned model")
     with atomic_output(output, overwrite) as tmp:
         save_model(net, tmp, tokenizer)
         plan.save(tmp / "plan.json")
     return {"before": before, "after": after}
 
 
-def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path, cfg, max_length: int = 128,
+def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path, cfg, max_length: int | None = None,
                  train_examples: int | None = None, teacher: str | None = None, overwrite: bool = False,
                  progress: bool = True):
     """Fine-tune a model folder on a GLUE task and save it (with its head) to ``output``.
@@ -328,11 +372,14 @@ def run_finetune(model_name: str, task: str, data_dir: str | None, output: Path,
         net = load_model(model_name, attn_implementation="eager" if cfg.diversity > 0 else None)
         tokenizer = load_tokenizer(model_name)
         teacher_net = load_model(teacher, attn_implementation=None) if teacher else None
+    # an unset length is 128, or the model's positions when fewer; one above them fails here
+    max_length = check_max_length(net.config, max_length, "--max-length")
     net, res = finetune(net, tokenizer, train, cfg, max_length, teacher=teacher_net, progress=progress)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:
         return None
+    check_finite(net, "the fine-tuned model")
     with atomic_output(output, overwrite) as tmp:
         save_model(net, tmp, tokenizer)
         (tmp / "finetune.json").write_text(json.dumps({"task": glue_task(task).name, "config": dataclasses.asdict(cfg),
@@ -354,10 +401,12 @@ def run_reconstruct(model_name: str, reference_name: str, output: Path, calibrat
     adapter, ref_adapter = adapter_for(net), adapter_for(ref)
     check_derived(adapter.layout(), ref_adapter.layout())
     tokenizer = load_tokenizer(model_name)
+    calibration = fit_length(calibration, net.config, "calibration max_length (--max-length)")
     batches = calibration_batches(calibration, tokenizer, net.config, seed)
     # reconstruct checks the token count first, before any work
     result = reconstruct(net, ref, adapter, ref_adapter, batches, cfg, progress=progress)
     out = {"model": model_name, "reference": reference_name, "calibration": calibration.__dict__, **result.to_json()}
+    check_finite(net, "the reconstructed model")
     with atomic_output(output, overwrite) as tmp:
         save_model(net, tmp, tokenizer)
         (tmp / "reconstruct.json").write_text(json.dumps(out, indent=2) + "\n")

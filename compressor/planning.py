@@ -77,6 +77,30 @@ def plan_neurons(scores: NeuronScores, layout: Layout, target: NeuronTarget) -> 
     return _take_global(values, int((everything < threshold).sum()), floor)
 
 
+def check_floors(layout: Layout, heads: HeadTarget | None = None, neurons: NeuronTarget | None = None,
+                 budget: BudgetTarget | None = None) -> None:
+    """A per-layer floor above a layer's size cannot be kept: one line naming the field,
+    the layer and the most the model allows. Layers already emptied (0 units) are not
+    counted: no floor applies to what is gone. Pure, so the pipeline runs it before any work."""
+    checks = []
+    if heads is not None:
+        checks.append(("targets.heads.min_per_layer", heads.min_per_layer, layout.heads_per_layer, "heads"))
+    if neurons is not None:
+        checks.append(("targets.neurons.min_per_layer", neurons.min_per_layer, layout.ffn_per_layer, "neurons"))
+    if budget is not None:
+        checks.append(("targets.budget.min_heads_per_layer (or min_per_layer)", budget.min_heads_per_layer,
+                       layout.heads_per_layer, "heads"))
+        checks.append(("targets.budget.min_neurons_per_layer (or min_per_layer)", budget.min_neurons_per_layer,
+                       layout.ffn_per_layer, "neurons"))
+    for name, floor, sizes, kind in checks:
+        live = [(i, n) for i, n in enumerate(sizes) if n > 0]
+        over = [(i, n) for i, n in live if floor > n]
+        if over:
+            i, n = over[0]
+            raise RecipeError(f"recipe field '{name}' is {floor}, above layer {i}'s {n} {kind}; "
+                              f"this model allows at most {min(n for _, n in live)}")
+
+
 def _check_shapes(kind: str, got: list[int], want: list[int], scorer: str) -> None:
     if got != want:
         raise RecipeError(f"scorer '{scorer}' returned {kind} scores of sizes {got}, the model has {want}")

@@ -19,13 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RecipeError
-from .schema import Field, check_mapping
+from .schema import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_SEQUENCES,
+    MAX_STEPS,
+    MAX_TEMPERATURE,
+    SEED_MAX,
+    Field,
+    check_mapping,
+)
 
 CALIBRATION_SOURCES = ("random_tokens", "text_file", "glue")
 
 TOP = {
     "model": Field("str", "default", help="'default' (embedded MiniLM), a local folder or a hub id"),
-    "seed": Field("int", 0, lo=0),
+    "seed": Field("int", 0, lo=0, hi=SEED_MAX),
     "calibration": Field("mapping", None, nullable=True),
     "scorers": Field("list", None, nullable=True),
     "targets": Field("mapping", None, nullable=True),
@@ -41,10 +50,11 @@ TOP = {
 CALIBRATION = {
     # unset: text_file when a path is given, glue when a task is, random_tokens otherwise
     "source": Field("choice", None, choices=CALIBRATION_SOURCES, nullable=True),
-    "num_sequences": Field("int", 256, lo=1),
-    "batch_size": Field("int", 32, lo=1),
-    "min_length": Field("int", 16, lo=2),
-    "max_length": Field("int", 128, lo=2, hi=4096),
+    "num_sequences": Field("int", 256, lo=1, hi=MAX_SEQUENCES),
+    "batch_size": Field("int", 32, lo=1, hi=MAX_BATCH),
+    "min_length": Field("int", 16, lo=2, hi=4096),
+    "max_length": Field("int", None, lo=2, hi=4096, nullable=True,
+                        help="default 128, or the model's positions when fewer"),
     "path": Field("str", None, nullable=True, help="text_file: one text per line"),
     "task": Field("str", None, nullable=True, help="glue: task name"),
     "data_dir": Field("str", None, nullable=True, help="glue: folder in the GLUE TSV layout"),
@@ -67,8 +77,8 @@ NEURON_TARGET = {
 }
 
 BUDGET_TARGET = {
-    "flops": Field("float", None, nullable=True, help="share of encoder FLOPs per token kept, 0 < flops < 1"),
-    "params": Field("float", None, nullable=True, help="share of head/neuron parameters kept, 0 < params < 1"),
+    "flops": Field("float", None, lo=0.0, hi=1.0, nullable=True, help="share of encoder FLOPs per token kept, 0 < flops < 1"),
+    "params": Field("float", None, lo=0.0, hi=1.0, nullable=True, help="share of head/neuron parameters kept, 0 < params < 1"),
     "scorer": Field("str", None, nullable=True, help="scores both kinds (unless head_scorer/neuron_scorer say otherwise)"),
     "head_scorer": Field("str", None, nullable=True),
     "neuron_scorer": Field("str", None, nullable=True),
@@ -94,26 +104,27 @@ EXPORT = {
 TASK = {
     "name": Field("str", help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli"),
     "data_dir": Field("str", None, nullable=True, help="folder in the GLUE TSV layout; the hub when unset"),
-    "max_length": Field("int", 128, lo=8, hi=4096),
+    "max_length": Field("int", None, lo=8, hi=4096, nullable=True,
+                        help="tokens per example; default 128, or the model's positions when fewer"),
     "train_examples": Field("int", None, lo=1, nullable=True, help="fine-tune on a seeded subset of train"),
     "eval_examples": Field("int", None, lo=1, nullable=True, help="evaluate on the first N of a seeded shuffle"),
 }
 
 FINETUNE_RUN = {
-    "max_steps": Field("int", None, lo=1, nullable=True),
-    "epochs": Field("float", None, lo=0.0, nullable=True, help="used when max_steps is unset (default 1)"),
+    "max_steps": Field("int", None, lo=1, hi=MAX_STEPS, nullable=True),
+    "epochs": Field("float", None, lo=0.0, hi=MAX_EPOCHS, nullable=True, help="used when max_steps is unset (default 1)"),
     "lr": Field("float", 5e-5, lo=0.0, hi=1.0),
-    "batch_size": Field("int", 32, lo=1),
+    "batch_size": Field("int", 32, lo=1, hi=MAX_BATCH),
     "weight_decay": Field("float", 0.01, lo=0.0),
     "warmup_ratio": Field("float", 0.06, lo=0.0, hi=1.0),
-    "seed": Field("int", None, lo=0, nullable=True, help="default: the recipe's seed"),
+    "seed": Field("int", None, lo=0, hi=SEED_MAX, nullable=True, help="default: the recipe's seed"),
     "distill": Field("mapping", None, nullable=True, help="recovery only: logit distillation from the unpruned model"),
     "diversity": Field("float", 0.0, lo=0.0, help="weight of the within-layer head-diversity reward (sqrt-JS metric)"),
 }
 
 DISTILL = {
     "alpha": Field("float", 0.5, lo=0.0, hi=1.0, help="weight of the distillation loss; 1 - alpha for the labels"),
-    "temperature": Field("float", 2.0, lo=1e-3),
+    "temperature": Field("float", 2.0, lo=1e-3, hi=MAX_TEMPERATURE),
 }
 
 FINETUNE = {
@@ -123,7 +134,7 @@ FINETUNE = {
 
 EVALUATE = {
     "split": Field("choice", "dev", choices=("dev", "train", "dev_matched", "dev_mismatched")),
-    "batch_size": Field("int", 64, lo=1),
+    "batch_size": Field("int", 64, lo=1, hi=MAX_BATCH),
     "original": Field("bool", True, help="also score the unpruned model, for the comparison"),
     "onnx": Field("bool", True, help="also score the exported ONNX graphs (needs export)"),
     "latency": Field("bool", True, help="time the pruned model against the original (PyTorch, batch 8 x 128)"),
@@ -134,7 +145,7 @@ RECONSTRUCT_KINDS = ("both", "attention", "ffn")
 RECONSTRUCT = {
     "ridge": Field("float", 0.1, lo=0.0,
                    help="pull toward the pruned weights, relative to the mean diagonal of the inputs' Gram matrix"),
-    "num_sequences": Field("int", None, lo=1, nullable=True,
+    "num_sequences": Field("int", None, lo=1, hi=MAX_SEQUENCES, nullable=True,
                            help="fit on this many calibration sequences (default: all of calibration)"),
     "kinds": Field("choice", "both", choices=RECONSTRUCT_KINDS, help="which output projections are re-fit"),
 }
@@ -148,7 +159,7 @@ class CalibrationConfig:
     num_sequences: int = 256
     batch_size: int = 32
     min_length: int = 16
-    max_length: int = 128
+    max_length: int | None = 128  # None: 128, or the model's positions when fewer (resolved on load)
     path: str | None = None
     task: str | None = None
     data_dir: str | None = None
@@ -208,7 +219,7 @@ class ExportConfig:
 class TaskConfig:
     name: str
     data_dir: str | None = None
-    max_length: int = 128
+    max_length: int | None = None  # None: 128, or the model's positions when fewer (resolved on load)
     train_examples: int | None = None
     eval_examples: int | None = None
 
@@ -304,7 +315,7 @@ def _check_calibration(data: Any) -> CalibrationConfig:
     if d["source"] is None:
         d["source"] = "text_file" if d["path"] else "glue" if d["task"] else "random_tokens"
     c = CalibrationConfig(**d)
-    if c.min_length > c.max_length:
+    if c.max_length is not None and c.min_length > c.max_length:
         raise RecipeError(
             f"recipe field 'calibration.min_length' must be <= calibration.max_length ({c.max_length}); got {c.min_length}"
         )

@@ -30,14 +30,31 @@ class Field:
         return self.default is _MISSING
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
 def _range_text(f: Field) -> str:
     if f.lo is not None and f.hi is not None:
-        return f" in [{f.lo:g}, {f.hi:g}]"
+        return f" in [{_num(f.lo)}, {_num(f.hi)}]"
     if f.lo is not None:
-        return f" >= {f.lo:g}"
+        return f" >= {_num(f.lo)}"
     if f.hi is not None:
-        return f" <= {f.hi:g}"
+        return f" <= {_num(f.hi)}"
     return ""
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
+def _shown(value: Any) -> str:
+    """The offending value for a message: short, on one line."""
+    text = repr(value)
+    return text if len(text) <= 60 and "\n" not in text else text.replace("\n", " ")[:57] + "..."
 
 
 # kinds checked by type alone: (accepts, description for the message)
@@ -62,25 +79,28 @@ def check_value(value: Any, f: Field, where: str) -> Any:
         except ValueError:
             pass
     if f.kind in ("int", "float"):
+        # the one place recipe and scorer numbers are checked: NaN and +/-inf are never
+        # numbers here, and a huge YAML integer must not overflow float() into a traceback
         is_num = isinstance(value, (int, float)) and not isinstance(value, bool)
         if f.kind == "int":
-            ok = is_num and float(value).is_integer()
+            ok = isinstance(value, int) or (is_num and math.isfinite(value) and float(value).is_integer())
+            ok = ok and is_num
             what = "an integer"
         else:
-            ok = is_num and math.isfinite(float(value))
+            ok = is_num and _finite(value)
             what = "a number"
         ok = ok and (f.lo is None or value >= f.lo) and (f.hi is None or value <= f.hi)
         if not ok:
-            raise RecipeError(f"{where} must be {what}{_range_text(f)}; got {value!r}")
+            raise RecipeError(f"{where} must be {what}{_range_text(f)}; got {_shown(value)}")
         return int(value) if f.kind == "int" else float(value)
     if f.kind in _SIMPLE:
         accepts, what = _SIMPLE[f.kind]
         if not accepts(value):
-            raise RecipeError(f"{where} must be {what}; got {value!r}")
+            raise RecipeError(f"{where} must be {what}; got {_shown(value)}")
         return value
     if f.kind == "choice":
-        if value not in f.choices:
-            raise RecipeError(f"{where} must be one of {', '.join(f.choices)}; got {value!r}")
+        if not isinstance(value, (str, type(None))) or value not in f.choices:
+            raise RecipeError(f"{where} must be one of {', '.join(f.choices)}; got {_shown(value)}")
         return value
     raise ValueError(f.kind)
 
@@ -115,3 +135,14 @@ def check_mapping(data: Any, spec: dict[str, Field], path: str = "", noun: str =
         else:
             out[name] = f.default
     return out
+
+
+# Upper limits shared by recipe fields and CLI options: beyond them a run would not end
+# (or not fit in memory) rather than do what was asked. torch and numpy take seeds below 2**32.
+SEED_MAX = 2**32 - 1
+MAX_SEQUENCES = 1_000_000  # calibration sequences
+MAX_BATCH = 65_536
+MAX_STEPS = 10_000_000
+MAX_EPOCHS = 1_000.0
+MAX_TEMPERATURE = 100.0
+MAX_RUNS = 100_000  # bench timing runs

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import CompressorError, ModelLoadError
 from ..registry import Registry
 
 
@@ -59,6 +59,9 @@ class ArchSpec:
     # (its OnnxConfig for this architecture), so exports from either exporter take the
     # same feeds. Inputs the model does not have are left out (RoBERTa: token types).
     onnx_inputs: tuple[str, ...] = ("input_ids", "attention_mask")
+    # RoBERTa numbers positions from padding_idx + 1, so pad_token_id + 1 of its
+    # max_position_embeddings rows are never used by a real token.
+    positions_after_padding: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,3 +179,30 @@ def spec_for(model_type: str | None) -> ArchSpec:
 
 def adapter_for(model: nn.Module) -> Adapter:
     return Adapter(model, spec_for(getattr(model.config, "model_type", None)))
+
+
+def max_positions(config) -> int | None:
+    """How many tokens one sequence may have: the position table's rows a real token can
+    use (GPT-2's n_positions is max_position_embeddings through its attribute map).
+    None when the config does not say."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None:
+        return None
+    n = int(n)
+    spec = spec_for(getattr(config, "model_type", None))
+    if spec.positions_after_padding:
+        n -= int(getattr(config, "pad_token_id", None) or 0) + 1
+    return n
+
+
+def check_max_length(config, max_length: int | None, what: str, default: int = 128) -> int:
+    """The sequence length to use: ``max_length`` when the model has that many positions
+    (a ``CompressorError`` naming both numbers otherwise); when None, ``default`` or the
+    model's positions when fewer."""
+    n = max_positions(config)
+    if max_length is None:
+        return default if n is None else min(default, n)
+    if n is not None and max_length > n:
+        raise CompressorError(f"{what} is {max_length}, but the model takes at most {n} tokens per sequence "
+                              f"(max_position_embeddings {config.max_position_embeddings}); use at most {n}")
+    return max_length

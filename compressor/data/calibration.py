@@ -12,6 +12,7 @@ Sequences are sorted by length before batching so padding (wasted compute) is sm
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,28 @@ def _encode_texts(texts: list[tuple[str, ...]], tokenizer, cfg: CalibrationConfi
     return out, (types if pairs and types and all(x is not None for x in types) else None)
 
 
+def fit_length(cfg: CalibrationConfig, config, what: str = "calibration max_length") -> CalibrationConfig:
+    """The calibration with a max_length the model can take: an error naming both numbers
+    when it asks for more positions than the model has; unset (None), 128 or the model's
+    positions when fewer (min_length follows)."""
+    from ..arch.base import check_max_length
+
+    n = check_max_length(config, cfg.max_length, what)
+    if n == cfg.max_length:
+        return cfg
+    return dataclasses.replace(cfg, max_length=n, min_length=min(cfg.min_length, n))
+
+
 def calibration_batches(cfg: CalibrationConfig, tokenizer, config, seed: int) -> list[Batch]:
+    # The entry points (recipe run, analyze, reconstruct) check max_length strictly with
+    # fit_length before any work; here, where a config's default 128 meets a model with
+    # fewer positions, sequences are kept within the positions instead of failing deep in the model.
+    from ..arch.base import max_positions
+
+    n = max_positions(config)
+    if cfg.max_length is None or (n is not None and cfg.max_length > n):
+        length = min(cfg.max_length or 128, n if n is not None else 128)
+        cfg = dataclasses.replace(cfg, max_length=length, min_length=min(cfg.min_length, length))
     pad = _pad_id(tokenizer, config)
     labels = types = None
     if cfg.source == "random_tokens":

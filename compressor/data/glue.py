@@ -119,11 +119,22 @@ class GlueSplit:
 def read_glue_tsv(path: Path, columns: tuple[str, ...] | None = None) -> list[dict[str, str]]:
     """Rows of a GLUE TSV. MRPC starts with a byte-order mark and has bare quote
     characters inside sentences, so quoting is off and the BOM is stripped."""
+    return read_glue_tsv_lines(path, columns)[0]
+
+
+def read_glue_tsv_lines(path: Path, columns: tuple[str, ...] | None = None) -> tuple[list[dict[str, str]], list[int]]:
+    """The rows of a GLUE TSV and the line each row is on, counted as an editor counts
+    them: the csv reader skips blank lines, and its ``line_num`` after a row is that
+    row's line (quoting is off, so no row spans two lines)."""
     from ..files import read_text
 
     text = read_text(path, "data file", DataError)  # UTF-8 (BOM dropped), else one line naming the file
-    return list(csv.DictReader(io.StringIO(text, newline=""), fieldnames=columns, delimiter="\t",
-                               quoting=csv.QUOTE_NONE))
+    rows, lines = [], []
+    reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=columns, delimiter="\t", quoting=csv.QUOTE_NONE)
+    for row in reader:
+        rows.append(row)
+        lines.append(reader.line_num)
+    return rows, lines
 
 
 def _split_file(task: GlueTask, split: str) -> str:
@@ -138,27 +149,39 @@ def _split_file(task: GlueTask, split: str) -> str:
     return split
 
 
-def _labels_from_tsv(task: GlueTask, rows: list[dict], path: Path) -> np.ndarray:
+# STS-B similarity scores are in [0, 5] (the GLUE paper); a label outside is a data error.
+REGRESSION_RANGE = (0.0, 5.0)
+
+
+def _labels_from_tsv(task: GlueTask, rows: list[dict], path: Path, lines: list[int] | None = None) -> np.ndarray:
+    """Labels of a task's rows: class ids in the task's order, or finite STS-B scores in
+    [0, 5]. A bad label fails with its file and line (``lines``: each row's line as an
+    editor shows it; without them, rows are taken to follow the header one per line)."""
     raw = [r.get(task.label_column) for r in rows]
-    # Line numbers count the header, as an editor shows them.
-    first_line = 1 if task.columns else 2
+    if lines is None:
+        first_line = 1 if task.columns else 2
+        lines = [i + first_line for i in range(len(rows))]
     if task.labels is None:
+        lo, hi = REGRESSION_RANGE
         out = np.empty(len(raw), dtype=np.float32)
         for i, v in enumerate(raw):
             try:
-                out[i] = float(v)
+                x = float(v)
             except (TypeError, ValueError):
+                x = None
+            if x is None or not lo <= x <= hi:  # NaN and +/-inf fail the range too
                 raise DataError(
-                    f"{path} line {i + first_line}: label {v!r} in column '{task.label_column}' "
-                    f"is not a number, as task {task.name} needs"
-                ) from None
+                    f"{path} line {lines[i]}: label {v!r} in column '{task.label_column}' "
+                    f"is not a number in [{lo:g}, {hi:g}], as task {task.name} needs"
+                )
+            out[i] = x
         return out
     index = {lab: k for k, lab in enumerate(task.labels)}
     out = np.empty(len(raw), dtype=np.int64)
     for i, v in enumerate(raw):
         if v not in index:
             raise DataError(
-                f"{path} line {i + first_line}: label {v!r} in column '{task.label_column}' "
+                f"{path} line {lines[i]}: label {v!r} in column '{task.label_column}' "
                 f"is not one of task {task.name}'s labels ({', '.join(task.labels)})"
             )
         out[i] = index[v]
@@ -174,7 +197,7 @@ def _load_local(task: GlueTask, data_dir: str, split: str, labels: bool) -> Glue
     if not path.is_file():
         raise DataError(f"GLUE data file not found: {path} (task {task.name} expects {task.folder}/{name}.tsv)")
     # CoLA's test.tsv has a header (index, sentence); its train/dev files do not.
-    rows = read_glue_tsv(path, task.columns if name != "test" else None)
+    rows, lines = read_glue_tsv_lines(path, task.columns if name != "test" else None)
     if not rows:
         raise DataError(f"{path} has no examples")
     missing = [c for c in task.text_columns if c not in rows[0]]
@@ -185,7 +208,7 @@ def _load_local(task: GlueTask, data_dir: str, split: str, labels: bool) -> Glue
     if labels:
         if task.label_column not in rows[0]:
             raise DataError(f"{path} has no label column '{task.label_column}'; the {name} split cannot be scored")
-        y = _labels_from_tsv(task, rows, path)
+        y = _labels_from_tsv(task, rows, path, lines)
     return GlueSplit(task, name, texts, y, str(path))
 
 

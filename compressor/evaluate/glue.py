@@ -11,7 +11,7 @@ from torch import nn
 
 from ..arch.base import adapter_for
 from ..data.glue import GlueSplit, GlueTask, eval_splits, glue_task, load_glue  # noqa: F401  (eval_splits re-exported)
-from ..errors import CompressorError
+from ..errors import CompressorError, ModelLoadError
 from ..progress import bar
 from .metrics import glue_metrics, predictions
 
@@ -153,6 +153,38 @@ def evaluate_glue(runner, task_name: str, data_dir: str | None, split: str = "de
                   max_length: int = 128, limit: int | None = None, progress: bool = False) -> EvalResult:
     """Load a task's labelled split(s) and score a runner on them."""
     return score_splits(runner, eval_splits(task_name, data_dir, split, limit), batch_size, max_length, progress)
+
+
+def onnx_config(folder: Path):
+    """What an exported folder's config.json says about positions (model_type,
+    max_position_embeddings, pad_token_id), read as plain JSON; None when unreadable (the
+    graph itself then fails on overlong input)."""
+    import json
+    from types import SimpleNamespace
+
+    try:
+        d = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+        return SimpleNamespace(model_type=d["model_type"], pad_token_id=d.get("pad_token_id"),
+                               max_position_embeddings=int(d.get("max_position_embeddings", d.get("n_positions"))))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def runner_max_length(runner, max_length: int | None, what: str = "max_length") -> int:
+    """The evaluation length for a runner's model: ``max_length`` if the model has that
+    many positions (an error naming both numbers otherwise); None: 128 or fewer. An ONNX
+    graph's positions come from the config.json that export writes beside it."""
+    from ..arch.base import check_max_length
+
+    config = getattr(getattr(runner, "model", None), "config", None)
+    if config is None and getattr(runner, "path", None) is not None:
+        config = onnx_config(Path(runner.path).parent)
+    if config is None:
+        return 128 if max_length is None else max_length
+    try:
+        return check_max_length(config, max_length, what)
+    except ModelLoadError:  # an architecture compressor does not know: keep the length asked for
+        return 128 if max_length is None else max_length
 
 
 def runner_for(path_or_name: str, attn_implementation: str | None = None):

@@ -80,6 +80,10 @@ class CaptureBatch:
         every head in cache for the pairwise distances."""
         if "heads" not in self._cache:
             layers = [a for a in self.attentions if a.shape[1] > 0]
+            if not layers:  # every head of the model was removed: no maps to stack
+                b, _, q, k = self.attentions[0].shape
+                self._cache["heads"] = self.attentions[0].new_zeros(b, 0, q, k, dtype=torch.float32)
+                return self._cache["heads"]
             b, _, q, k = layers[0].shape
             n = sum(a.shape[1] for a in layers)
             store = self.buffer("heads", (b, q, n, k), layers[0].device)

@@ -89,7 +89,7 @@ class FisherScorer(Scorer):
         for sq, block, grads in ((self.head_sq, self.head_block, batch.head_grads),
                                  (self.neuron_sq, self.neuron_block, batch.neuron_grads)):
             for layer, g in enumerate(grads):
-                g = g.reshape(-1, g.shape[-1]).cpu()  # [probes * batch, units]
+                g = g.flatten(0, -2).cpu()  # [probes * batch, units]; reshape(-1, 0) is ambiguous for emptied layers
                 sq[layer] += g.double().pow(2).sum(0) / probes
                 if block is not None:
                     block[layer].addmm_(g.t().to(block[layer].dtype), g.to(block[layer].dtype), alpha=1.0 / probes)

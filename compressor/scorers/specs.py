@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RecipeError
-from ..schema import Field, check_mapping
+from ..schema import SEED_MAX, Field, check_mapping
 
 # Parameter vocabularies, shared with the implementations.
 TOKEN_METRICS = ("js", "cosine", "correlation", "bhattacharyya")
@@ -68,7 +68,8 @@ def _check_redundancy(p: dict, path: str) -> None:
 
 
 def _check_head_types(p: dict, path: str) -> None:
-    if p["k"] == 4 and sorted(p["prune_order"]) != sorted(TYPE_NAMES):
+    order = p["prune_order"]
+    if p["k"] == 4 and (not all(isinstance(t, str) for t in order) or sorted(order) != sorted(TYPE_NAMES)):
         raise RecipeError(
             f"recipe field '{path}.prune_order' must order all of {', '.join(TYPE_NAMES)}; got {p['prune_order']!r}"
         )
@@ -87,7 +88,7 @@ _ATTN = frozenset({"attentions"})
 SPECS: dict[str, ScorerSpec] = {s.name: s for s in (
     ScorerSpec("magnitude", "compressor.scorers.baseline", _BOTH),
     ScorerSpec("random", "compressor.scorers.baseline", _BOTH, params={
-        "seed": Field("int", None, lo=0, nullable=True, help="defaults to the recipe seed"),
+        "seed": Field("int", None, lo=0, hi=SEED_MAX, nullable=True, help="defaults to the recipe seed"),
     }),
     ScorerSpec("redundancy", "compressor.scorers.redundancy", _HEADS, _ATTN, params={
         "metrics": Field("list", list(TOKEN_METRICS), help=f"any of {', '.join(METRICS)}"),
@@ -100,7 +101,7 @@ SPECS: dict[str, ScorerSpec] = {s.name: s for s in (
     ScorerSpec("head_types", "compressor.scorers.head_types", _HEADS, _ATTN, params={
         "k": Field("int", 4, lo=2, hi=32, help="K-means clusters (names need k=4)"),
         "prune_order": Field("list", list(TYPE_NAMES), help="types pruned first come first"),
-        "stability_splits": Field("int", 10, lo=0, help="random 50% input splits for the stability check"),
+        "stability_splits": Field("int", 10, lo=0, hi=1000, help="random 50% input splits for the stability check"),
         "tsne": Field("bool", True, help="t-SNE picture of the heads' features"),
     }, check=_check_head_types),
     ScorerSpec("sieve_roles", "compressor.scorers.sieve_roles", _HEADS, _ATTN, params={
@@ -123,8 +124,8 @@ SPECS: dict[str, ScorerSpec] = {s.name: s for s in (
     ScorerSpec("fisher", "compressor.scorers.fisher", _BOTH, frozenset({"gradients"}), params={
         "label_free": Field("choice", None, choices=("output",), nullable=True,
                             help="unset: the task loss from labels; output: Gauss-Newton diagonal of the final hidden states"),
-        "probes": Field("int", 1, lo=1, help="label_free: random probes per example (one backward each)"),
-        "seed": Field("int", None, lo=0, nullable=True, help="label_free probes; defaults to the recipe seed"),
+        "probes": Field("int", 1, lo=1, hi=1000, help="label_free: random probes per example (one backward each)"),
+        "seed": Field("int", None, lo=0, hi=SEED_MAX, nullable=True, help="label_free probes; defaults to the recipe seed"),
         "blocks": Field("bool", True, help="keep per-layer Fisher matrices for the budget's mask rearrangement"),
     }, shared_scale=True, labels=lambda p: p.get("label_free") is None),
 )}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -18,6 +20,12 @@ class PrunedConv1D(Conv1D):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size_out = x.shape[:-1] + (self.nf,)
+        # Zero-width cases avoid reshapes through a 0-sized axis: ONNX's Reshape reads a 0
+        # in the target shape as "copy that axis", so the exported graph would fail in ONNX Runtime.
+        if self.nf == 0:
+            return x[..., :0]  # [..., 0]: no output features
+        if self.weight.shape[0] == 0:
+            return self.bias.expand(size_out)  # no input features: the output is the bias
         y = torch.addmm(self.bias, x.flatten(0, -2), self.weight)  # [tokens, nf]
         return y.view(size_out)
 
@@ -29,6 +37,14 @@ def slice_projection(module: nn.Module, index: torch.Tensor, dim: str) -> nn.Mod
         raise ValueError(dim)
     w = module.weight
     index = index.to(w.device)
+    with warnings.catch_warnings():
+        # an emptied projection has zero-element weights, whose initialization torch
+        # warns is a no-op; the weights are assigned below anyway
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return _sliced(module, w, index, dim)
+
+
+def _sliced(module: nn.Module, w: torch.Tensor, index: torch.Tensor, dim: str) -> nn.Module:
     if is_conv1d(module):
         # Conv1D weight: [in, out]
         new_w = w.index_select(1 if dim == "out" else 0, index)

@@ -26,7 +26,7 @@ def test_valid_recipe_fills_defaults():
         ({**BASE, "scorers": [{"name": "persistence", "params": {"statistic": "max"}}]},
          r"'scorers\[0\].params.statistic' must be one of max_death"),
         ({**BASE, "calibration": {"source": "wiki"}}, r"'calibration.source' must be one of random_tokens, text_file, glue"),
-        ({**BASE, "calibration": {"batch_size": 0}}, r"'calibration.batch_size' must be an integer >= 1; got 0"),
+        ({**BASE, "calibration": {"batch_size": 0}}, r"'calibration.batch_size' must be an integer in \[1, 65536\]; got 0"),
         ({**BASE, "calibration": {"min_length": 50, "max_length": 20}}, r"min_length' must be <= calibration.max_length"),
         ({**BASE, "calibration": {"source": "text_file"}}, r"'calibration.path' is required"),
         ({"scorers": ["persistence"], "targets": {"neurons": {"ratio": 0.5, "percentile": 50}}}, r"exactly one of ratio"),
@@ -44,7 +44,7 @@ def test_valid_recipe_fills_defaults():
         ({**BASE, "task": {"name": "sst2"}, "evaluate": {"split": "test"}}, r"'evaluate.split' must be one of dev, train"),
         ({**BASE, "export": {"format": "onnx"}}, r"unknown recipe field 'export.format'; allowed: atol, opset, optimize, quantize"),
         ({**BASE, "export": {"quantize": "int4"}}, r"'export.quantize' must be one of int8; got 'int4'"),
-        ({**BASE, "seed": -1}, r"'seed' must be an integer >= 0"),
+        ({**BASE, "seed": -1}, r"'seed' must be an integer in \[0, 4294967295\]; got -1"),
         ([1, 2], r"recipe must be a mapping"),
     ],
 )

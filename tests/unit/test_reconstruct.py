@@ -216,7 +216,7 @@ def test_pruned_model_must_derive_from_reference():
         ({"reconstruct": {"ridge": -0.1}}, r"recipe field 'reconstruct.ridge' must be a number >= 0; got -0.1"),
         ({"reconstruct": {"rigde": 1}}, r"unknown recipe field 'reconstruct.rigde'; allowed: kinds, num_sequences, ridge"),
         ({"reconstruct": {"kinds": "heads"}}, r"'reconstruct.kinds' must be one of both, attention, ffn; got 'heads'"),
-        ({"reconstruct": {"num_sequences": 0}}, r"'reconstruct.num_sequences' must be an integer >= 1; got 0"),
+        ({"reconstruct": {"num_sequences": 0}}, r"'reconstruct.num_sequences' must be an integer in \[1, 1000000\]; got 0"),
         ({"reconstruct": [1]}, r"recipe field 'reconstruct' must be a mapping"),
     ],
 )
