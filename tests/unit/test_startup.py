@@ -40,7 +40,7 @@ def _probe(args: list[str], cwd) -> tuple[int, list[str], str]:
     (["--recipe", "{bad_ratio}"], 2, "targets.heads.ratio"),
     (["--recipe", "{missing}"], 2, "recipe file not found"),
     (["prune", "--model", "/no/such/model", "--plan", "p.json", "--output", "out"], 2, "model path does not exist"),
-    (["export", "--model", "default", "--output", "out", "--atol", "-1"], 2, "--atol must be >= 0"),
+    (["export", "--model", "default", "--output", "out", "--atol", "-1"], 2, "--atol must be a finite number in the range x>=0"),
     (["evaluate", "--model", "m", "--task", "sst3"], 2, "unknown GLUE task"),
     (["finetune", "--model", "/no/such", "--task", "sst2", "--output", "out"], 2, "model path does not exist"),
     (["analyze", "--model", "/no/such", "--output", "out"], 2, "model path does not exist"),
