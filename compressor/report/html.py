@@ -174,11 +174,12 @@ def _finetune(run: RunMetrics) -> str:
         how = f" (alpha {d['alpha']:g}, T {d['temperature']:g})" if "alpha" in d and "temperature" in d else ""
         return f"{f.teacher or 'the unpruned model'}{how}"
 
+    task = next(iter(ft.values())).task or next((e.task for e in (run.evaluation or {}).values()), "?")
     rows = [(stage, f.steps, cfg(f, "lr"), cfg(f, "batch_size"), "?" if f.train_examples is None else f.train_examples,
              f.examples_seen, cfg(f, "seed"), teacher(f), f"{f.final_loss:.4f}", f"{f.seconds:.1f}")
             for stage, f in ft.items()]
     parts = ['<section id="finetune"><h2>Fine-tuning</h2>'
-             f"<p>Task {_esc(next(iter(ft.values())).task or '?')}; base = before pruning, recovery = after. "
+             f"<p>Task {_esc(task)}; base = before pruning, recovery = after. "
              "Train examples: the size of the training set used; examples seen: steps x batch.</p>",
              _table(("stage", "steps", "lr", "batch", "train examples", "examples seen", "seed", "teacher",
                      "final loss", "seconds"), rows)]
