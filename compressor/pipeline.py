@@ -30,8 +30,15 @@ from .progress import StageTimer
 from .recipe import ExportConfig, Recipe, ReconstructConfig, default_output
 from .report.html import render_report
 from .results import (
-    INT8_BATCHING, BudgetSummary, EvalSummary, ExportSummary, FinetuneSummary, LatencySummary, ReconstructSummary,
-    RunMetrics, SizeSummary,
+    INT8_BATCHING,
+    BudgetSummary,
+    EvalSummary,
+    ExportSummary,
+    FinetuneSummary,
+    LatencySummary,
+    ReconstructSummary,
+    RunMetrics,
+    SizeSummary,
 )
 from .scorers import SCORERS, ScoringContext
 from .surgery.prune import apply_plan

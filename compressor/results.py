@@ -63,7 +63,7 @@ class SizeSummary:
     hidden_size: int | None = None
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "size") -> "SizeSummary":
+    def from_dict(cls, d: Any, where: str = "size") -> SizeSummary:
         return _take(cls, d, where)
 
     def to_dict(self) -> dict:
@@ -78,7 +78,7 @@ class BudgetSummary:
     split: str
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "budget") -> "BudgetSummary":
+    def from_dict(cls, d: Any, where: str = "budget") -> BudgetSummary:
         return _take(cls, d, where)
 
     def to_dict(self) -> dict:
@@ -103,7 +103,7 @@ class FinetuneSummary:
     saved_as: str | None = None  # folder in the output holding this stage's model (base_model)
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "finetune") -> "FinetuneSummary":
+    def from_dict(cls, d: Any, where: str = "finetune") -> FinetuneSummary:
         return _take(cls, d, where)
 
     def to_dict(self) -> dict:
@@ -128,7 +128,7 @@ class EvalSummary:
     batching: str | None = None  # why batch_size differs from evaluate.batch_size, when it does
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "evaluation") -> "EvalSummary":
+    def from_dict(cls, d: Any, where: str = "evaluation") -> EvalSummary:
         return _take(cls, d, where)
 
     def to_dict(self) -> dict:
@@ -150,7 +150,7 @@ class ExportSummary:
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "export") -> "ExportSummary":
+    def from_dict(cls, d: Any, where: str = "export") -> ExportSummary:
         return _take(cls, d, where)
 
     def to_dict(self) -> dict:
@@ -173,7 +173,7 @@ class LatencySummary:
     models: dict[str, dict[str, float]]  # name -> {median_ms, p90_ms}
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "latency") -> "LatencySummary":
+    def from_dict(cls, d: Any, where: str = "latency") -> LatencySummary:
         if not isinstance(d, dict):
             raise MetricsError(f"metrics.json field '{where}' must be a JSON object")
         models = {k: v for k, v in d.items() if isinstance(v, dict)}
@@ -197,7 +197,7 @@ class ReconstructSummary:
     sequences: int | None = None
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "reconstruct") -> "ReconstructSummary":
+    def from_dict(cls, d: Any, where: str = "reconstruct") -> ReconstructSummary:
         return _take(cls, d, where)
 
     def to_dict(self) -> dict:
@@ -236,7 +236,7 @@ class RunMetrics:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "RunMetrics":
+    def from_dict(cls, d: Any) -> RunMetrics:
         return _take(
             cls, d, "metrics",
             before=SizeSummary.from_dict, after=SizeSummary.from_dict, budget=BudgetSummary.from_dict,
@@ -245,7 +245,7 @@ class RunMetrics:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunMetrics":
+    def load(cls, path: str | Path) -> RunMetrics:
         p = Path(path)
         if not p.is_file():
             raise MetricsError(f"metrics file not found: {p}")

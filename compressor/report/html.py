@@ -178,9 +178,9 @@ def _finetune(run: RunMetrics) -> str:
     rows = [(stage, f.steps, cfg(f, "lr"), cfg(f, "batch_size"), "?" if f.train_examples is None else f.train_examples,
              f.examples_seen, cfg(f, "seed"), teacher(f), f"{f.final_loss:.4f}", f"{f.seconds:.1f}")
             for stage, f in ft.items()]
-    parts = ['<section id="finetune"><h2>Fine-tuning</h2>'
-             f"<p>Task {_esc(task)}; base = before pruning, recovery = after. "
-             "Train examples: the size of the training set used; examples seen: steps x batch.</p>",
+    parts = [('<section id="finetune"><h2>Fine-tuning</h2>'
+              f"<p>Task {_esc(task)}; base = before pruning, recovery = after. "
+              "Train examples: the size of the training set used; examples seen: steps x batch.</p>"),
              _table(("stage", "steps", "lr", "batch", "train examples", "examples seen", "seed", "teacher",
                      "final loss", "seconds"), rows)]
     base = ft.get("base")
@@ -260,7 +260,7 @@ def _scores(results: dict, layout_heads: list[int], plan: dict) -> str:
                 reps = list(ex.get("representatives", []))
                 kept = [r for r in reps if r not in removed_heads]
                 gone = [r for r in reps if r in removed_heads]
-                parts.append(f'<p id="representatives">Cluster representatives kept ({len(kept)} of {len(reps)}): '
+                parts.append(f'<p id="representatives">Representatives kept ({len(kept)} of {len(reps)}, one per cluster): '
                              f"{_esc(', '.join(kept) or 'none')}</p>")
                 if gone:
                     parts.append(f'<p class="note">Representatives the plan removed: {_esc(", ".join(gone))} '
