@@ -152,6 +152,8 @@ def export(model, output, optimize, quantize, atol, overwrite, quiet):
     res = run_export(model, output, ExportConfig(optimize=optimize, quantize=quantize, atol=atol), overwrite,
                      progress=not quiet)
     parity = ", ".join(f"{k} {v:.2g}" for k, v in res.parity.items())
+    if res.quantized_cosine is not None:
+        parity += f" (int8 is not held to --atol; its mean cosine vs PyTorch: {res.quantized_cosine:.4f})"
     fused = "" if not res.fused_attention else f"; fused attention heads per layer {res.fused_attention}"
     click.echo(f"max |onnx - torch|: {parity}{fused}")
     for note in res.notes:

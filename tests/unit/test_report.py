@@ -261,3 +261,16 @@ def test_label_names_for_every_classification_task():
     m = with_task_head(tiny_model("bert"), GLUE_TASKS["mnli"])
     assert m.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
     assert m.config.label2id["contradiction"] == 2
+
+
+def test_export_cli_says_int8_is_not_held_to_atol(tmp_path, tiny_bert_dir):
+    pytest.importorskip("onnxruntime")
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    res = CliRunner().invoke(main, ["export", "--model", str(tiny_bert_dir), "--output", str(tmp_path / "o"),
+                                    "--quantize", "int8", "--quiet"])
+    assert res.exit_code == 0, res.output
+    cos = json.loads((tmp_path / "o" / "export.json").read_text())["quantized_cosine"]
+    assert f"int8 is not held to --atol; its mean cosine vs PyTorch: {cos:.4f}" in res.output
