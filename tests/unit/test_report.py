@@ -274,3 +274,13 @@ def test_export_cli_says_int8_is_not_held_to_atol(tmp_path, tiny_bert_dir):
     assert res.exit_code == 0, res.output
     cos = json.loads((tmp_path / "o" / "export.json").read_text())["quantized_cosine"]
     assert f"int8 is not held to --atol; its mean cosine vs PyTorch: {cos:.4f}" in res.output
+
+
+def test_latency_and_budget_round_trip_in_the_old_flat_layout():
+    metrics, _ = _old()
+    metrics["budget"] = {"asked": {"flops": 0.6}, "achieved": {"flops": 0.59, "params": 0.61},
+                         "within_one_unit": True, "split": "importance"}
+    typed = RunMetrics.from_dict(metrics)
+    assert typed.latency.models["pruned"]["median_ms"] == metrics["latency"]["pruned"]["median_ms"]
+    assert typed.budget.asked == {"flops": 0.6}
+    assert typed.to_dict()["latency"] == metrics["latency"] and typed.to_dict()["budget"] == metrics["budget"]
