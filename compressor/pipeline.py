@@ -1,6 +1,6 @@
 """Runs a recipe's stages in order:
 
-load -> [fine-tune base] -> [evaluate original] -> capture -> score -> plan -> surgery
+load -> [fine-tune base, kept as base_model/] -> [evaluate original] -> capture -> score -> plan -> surgery
 -> [reconstruct] -> [recovery fine-tune, optionally distilled from the unpruned model] -> save -> [export]
 -> [evaluate the pruned model, and its ONNX graphs] -> report.
 """
@@ -64,7 +64,8 @@ def run_recipe(
     model: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run a recipe end to end; returns metrics.json's content."""
+    """Run a recipe end to end; returns metrics.json's content (``RunMetrics.to_dict()``;
+    ``RunMetrics.from_dict`` reads it typed)."""
     model_name = model or recipe.model
     output = Path(output) if output is not None else default_output(recipe)
     source = resolve_model(model_name)  # a missing path fails before anything else
