@@ -153,25 +153,30 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
     _precheck((model or r.model,), output if output is not None else default_output(r), overwrite,
               inputs=(recipe, r.calibration.path if r.calibration.source == "text_file" else None, task_dir))
     from .pipeline import run_recipe
+    from .results import RunMetrics
 
-    metrics = run_recipe(r, output=output, overwrite=overwrite, model=model, progress=not quiet)
+    run = RunMetrics.from_dict(run_recipe(r, output=output, overwrite=overwrite, model=model, progress=not quiet))
     out = output if output is not None else default_output(r)
-    b, a = metrics["before"], metrics["after"]
+    b, a = run.before, run.after
     click.echo(
-        f"{r.name}: parameters {b['parameters']:,} -> {a['parameters']:,} "
-        f"({metrics['parameters_kept_share']:.1%} kept), encoder FLOPs/token "
-        f"{metrics['flops_kept_share']:.1%} kept, heads {sum(b['heads_per_layer'])} -> {sum(a['heads_per_layer'])}, "
-        f"FFN neurons {sum(b['ffn_per_layer'])} -> {sum(a['ffn_per_layer'])}"
+        f"{r.name}: parameters {b.parameters:,} -> {a.parameters:,} "
+        f"({run.parameters_kept_share:.1%} kept), encoder FLOPs/token "
+        f"{run.flops_kept_share:.1%} kept, heads {sum(b.heads_per_layer)} -> {sum(a.heads_per_layer)}, "
+        f"FFN neurons {sum(b.ffn_per_layer)} -> {sum(a.ffn_per_layer)}"
     )
-    for kind, res in metrics.get("evaluation", {}).items():
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items())
-        click.echo(f"{res['task']} {res['split']} ({kind}, {res['examples']} examples): {shown}")
-    if "export" in metrics:
-        ex = metrics["export"]
-        parity = ", ".join(f"{k} {v:.2g}" for k, v in ex["parity"].items())
-        click.echo(f"ONNX: max |onnx - torch| {parity}; fused attention heads per layer {ex['fused_attention']}")
+    for kind, res in (run.evaluation or {}).items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items())
+        batch = f", batch {res.batch_size}" if res.batching else ""
+        click.echo(f"{res.task} {res.split} ({kind}, {res.examples} examples{batch}): {shown}")
+    if run.export is not None:
+        ex = run.export
+        parity = ", ".join(f"{k} {v:.2g}" for k, v in ex.parity.items() if not ex.is_quantized(k))
+        if ex.quantized_cosine is not None:
+            parity += f"; int8 (not held to atol) cosine vs PyTorch {ex.quantized_cosine:.4f}"
+        click.echo(f"ONNX: max |onnx - torch| {parity}; fused attention heads per layer {ex.fused_attention}")
     click.echo(f"wrote {out}/ (model/, plan.json, scores/, metrics.json, report.html"
-               f"{', onnx/' if 'export' in metrics else ''})")
+               f"{', base_model/' if run.finetune and 'base' in run.finetune else ''}"
+               f"{', onnx/' if run.export is not None else ''})")
 
 
 @main.command()
@@ -209,6 +214,8 @@ def export(model, output, optimize, quantize, atol, overwrite, quiet):
     res = run_export(model, output, ExportConfig(optimize=optimize, quantize=quantize, atol=atol), overwrite,
                      progress=not quiet)
     parity = ", ".join(f"{k} {v:.2g}" for k, v in res.parity.items())
+    if res.quantized_cosine is not None:
+        parity += f" (int8 is not held to --atol; its mean cosine vs PyTorch: {res.quantized_cosine:.4f})"
     fused = "" if not res.fused_attention else f"; fused attention heads per layer {res.fused_attention}"
     click.echo(f"max |onnx - torch|: {parity}{fused}")
     for note in res.notes:

@@ -1,6 +1,6 @@
 """Runs a recipe's stages in order:
 
-load -> [fine-tune base] -> [evaluate original] -> capture -> score -> plan -> surgery
+load -> [fine-tune base, kept as base_model/] -> [evaluate original] -> capture -> score -> plan -> surgery
 -> [reconstruct] -> [recovery fine-tune, optionally distilled from the unpruned model] -> save -> [export]
 -> [evaluate the pruned model, and its ONNX graphs] -> report.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +30,17 @@ from .planning import check_budget, check_floors, make_plan, plan_budget
 from .progress import StageTimer
 from .recipe import ExportConfig, Recipe, ReconstructConfig, default_output
 from .report.html import render_report
+from .results import (
+    INT8_BATCHING,
+    BudgetSummary,
+    EvalSummary,
+    ExportSummary,
+    FinetuneSummary,
+    LatencySummary,
+    ReconstructSummary,
+    RunMetrics,
+    SizeSummary,
+)
 from .scorers import SCORERS, ScoringContext
 from .surgery.prune import apply_plan
 from .task_head import check_head
@@ -52,7 +65,8 @@ def run_recipe(
     model: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run a recipe end to end; returns metrics.json's content."""
+    """Run a recipe end to end; returns metrics.json's content (``RunMetrics.to_dict()``;
+    ``RunMetrics.from_dict`` reads it typed)."""
     model_name = model or recipe.model
     output = Path(output) if output is not None else default_output(recipe)
     source = resolve_model(model_name)  # a missing path fails before anything else
@@ -71,18 +85,22 @@ def run_recipe(
     task_data = _task_data(recipe, net)  # bad task input fails here, before hours of work
     if recipe.budget is not None:  # an impossible budget fails before any work too
         check_budget(adapter_for(net).layout(), recipe.budget, _has_bias(net))
-    evaluations: dict[str, dict] = {}
-    finetuning: dict[str, dict] = {}
+    evaluations: dict[str, EvalSummary] = {}
+    finetuning: dict[str, FinetuneSummary] = {}
+    base_dir = None  # the fine-tuned, unpruned base, kept as base_model/ so the comparison can be redone
 
     if recipe.finetune_base is not None:
         with timer("finetune_base"):
             net, res = finetune(net, tokenizer, task_data["train"], recipe.finetune_base, recipe.task.max_length,
                                 progress=progress)
-            finetuning["base"] = res.to_json()
+            finetuning["base"] = _finetune_summary(res, recipe, recipe.finetune_base, task_data, None, "base_model")
+            base_dir = tempfile.TemporaryDirectory(prefix="compressor-base-")
+            save_model(net, Path(base_dir.name) / "base_model", tokenizer)
     teacher = None
     if recipe.finetune_recovery is not None and recipe.finetune_recovery.distill is not None:
         teacher = copy.deepcopy(net).eval()
-    if recipe.evaluate is not None and recipe.evaluate.original:
+    # a fine-tuned base is always scored: its metric is what the pruned model is compared with
+    if recipe.evaluate is not None and (recipe.evaluate.original or recipe.finetune_base is not None):
         with timer("evaluate"):
             evaluations["original"] = _evaluate(TorchClassifier(net, tokenizer, "original"), recipe, task_data, progress)
     original = None
@@ -149,32 +167,39 @@ def run_recipe(
         with timer("finetune_recovery"):
             net, res = finetune(net, tokenizer, task_data["train"], recipe.finetune_recovery, recipe.task.max_length,
                                 teacher=teacher, progress=progress)
-            finetuning["recovery"] = res.to_json()
+            who = None
+            if teacher is not None:
+                who = ("the unpruned fine-tuned base (base_model/)" if recipe.finetune_base is not None
+                       else f"the unpruned model ({model_name})")
+            finetuning["recovery"] = _finetune_summary(res, recipe, recipe.finetune_recovery, task_data, who, None)
         del teacher
 
-    metrics = {
-        "recipe": recipe.name,
-        "model": model_name,
-        "flops_seq_len": FLOPS_SEQ_LEN,
-        "before": before,
-        "after": after,
-        "parameters_kept_share": after["parameters"] / before["parameters"],
+    run = RunMetrics(
+        recipe=recipe.name,
+        model=model_name,
+        flops_seq_len=FLOPS_SEQ_LEN,
+        before=SizeSummary.from_dict(before, "before"),
+        after=SizeSummary.from_dict(after, "after"),
+        parameters_kept_share=after["parameters"] / before["parameters"],
         # a model with every head and neuron already removed has no encoder FLOPs to share
-        "flops_kept_share": (after["encoder_flops_per_token"] / before["encoder_flops_per_token"]
-                             if before["encoder_flops_per_token"] else 1.0),
-        "heads_removed": sum(len(v) for v in plan.heads.values()),
-        "neurons_removed": sum(len(v) for v in plan.neurons.values()),
-    }
+        flops_kept_share=(after["encoder_flops_per_token"] / before["encoder_flops_per_token"]
+                          if before["encoder_flops_per_token"] else 1.0),
+        heads_removed=sum(len(v) for v in plan.heads.values()),
+        neurons_removed=sum(len(v) for v in plan.neurons.values()),
+    )
     if recipe.budget is not None:
         b = plan.source["budget"]
-        metrics["budget"] = {"asked": b["asked"], "achieved": {k: b["achieved"][k] for k in ("flops", "params")},
-                             "within_one_unit": b["within_one_unit"], "split": b["split"]}
+        run.budget = BudgetSummary(b["asked"], {k: b["achieved"][k] for k in ("flops", "params")},
+                                   b["within_one_unit"], b["split"])
     if reconstruction is not None:
-        metrics["reconstruct"] = reconstruction.to_json()
+        run.reconstruct = ReconstructSummary.from_dict(reconstruction.to_json())
     check_finite(net, "the compressed model")
     with atomic_output(output, overwrite) as tmp:
         with timer("save"):
             save_model(net, tmp / "model", tokenizer)
+            if base_dir is not None:
+                shutil.copytree(Path(base_dir.name) / "base_model", tmp / "base_model")
+                base_dir.cleanup()
             plan.save(tmp / "plan.json")
             (tmp / "scores").mkdir()
             for name, res in results.items():
@@ -186,27 +211,30 @@ def run_recipe(
                             (tmp / "scores" / f"{fig}.png").write_bytes(png)
                         data = {**part.to_json(), "extras": extras}
                         (tmp / "scores" / f"{name}.{data['kind']}.json").write_text(json.dumps(data))
-        if finetuning:
-            metrics["finetune"] = finetuning
+        run.finetune = finetuning or None
         if recipe.export is not None:
             with timer("export"):
-                metrics["export"] = _export(net, tokenizer, tmp / "onnx", recipe.export).to_json()
+                run.export = ExportSummary.from_dict(_export(net, tokenizer, tmp / "onnx", recipe.export).to_json())
         if recipe.evaluate is not None:
             with timer("evaluate"):
                 evaluations["pruned"] = _evaluate(TorchClassifier(net, tokenizer, "pruned"), recipe, task_data, progress)
-                if recipe.evaluate.onnx and "export" in metrics:
-                    for kind, name in metrics["export"]["files"].items():
+                if recipe.evaluate.onnx and run.export is not None:
+                    for kind, name in run.export.files.items():
                         runner = OnnxClassifier(tmp / "onnx" / name, tokenizer)
                         runner.name = f"onnx {kind}"
-                        evaluations[f"onnx_{kind}"] = _evaluate(runner, recipe, task_data, progress)
-            metrics["evaluation"] = evaluations
+                        # dynamic int8 scales each batch: a fixed batching (one example) makes its figure
+                        # independent of evaluate.batch_size
+                        batch = 1 if kind == "quantized" else None
+                        evaluations[f"onnx_{kind}"] = _evaluate(runner, recipe, task_data, progress, batch_size=batch)
+            run.evaluation = evaluations
             if original is not None:
                 with timer("latency"):
-                    metrics["latency"] = _latency(original, net)
+                    run.latency = LatencySummary.from_dict(_latency(original, net))
                 del original
-        metrics["stage_seconds"] = timer.seconds
+        run.stage_seconds = timer.seconds
+        metrics = run.to_dict()
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (tmp / "report.html").write_text(render_report(metrics, plan.to_json(), results))
+        (tmp / "report.html").write_text(render_report(run, plan.to_json(), results))
     return metrics
 
 
@@ -244,6 +272,13 @@ def _check_units_left(layout, recipe: Recipe) -> None:
             if spec is not None and spec.produces == frozenset({"heads"}):
                 raise RecipeError(f"recipe field 'scorers[{i}]' ({s.name}) scores attention heads, and the model "
                                   f"has none left (every head was removed)")
+
+
+def _finetune_summary(res, recipe: Recipe, cfg, task_data: dict, teacher: str | None,
+                      saved_as: str | None) -> FinetuneSummary:
+    """What a fine-tuning stage did and with what: its config, data size and teacher."""
+    return FinetuneSummary(**res.to_json(), task=recipe.task.name, train_examples=len(task_data["train"]),
+                           config=dataclasses.asdict(cfg), teacher=teacher, saved_as=saved_as)
 
 
 def _has_bias(net) -> bool:
@@ -298,9 +333,12 @@ def _task_data(recipe: Recipe, net) -> dict:
     return out
 
 
-def _evaluate(runner, recipe: Recipe, data: dict, progress: bool) -> dict:
-    res = score_splits(runner, data["eval"], recipe.evaluate.batch_size, recipe.task.max_length, progress)
-    return {**res.to_json(), "main": res.main}
+def _evaluate(runner, recipe: Recipe, data: dict, progress: bool, batch_size: int | None = None) -> EvalSummary:
+    """Score a runner; ``batch_size`` overrides evaluate.batch_size (int8: one example per batch)."""
+    n = batch_size or recipe.evaluate.batch_size
+    res = score_splits(runner, data["eval"], n, recipe.task.max_length, progress)
+    return EvalSummary.from_dict({**res.to_json(), "main": res.main, "batch_size": n,
+                                  "batching": INT8_BATCHING if batch_size == 1 else None})
 
 
 def _latency(original, pruned, batch: int = 8, seq: int = 128, runs: int = 10) -> dict:

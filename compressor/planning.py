@@ -13,6 +13,14 @@ from .recipe import BudgetTarget, HeadTarget, NeuronTarget
 from .types import HeadScores, NeuronScores, PruningPlan
 
 
+def removal_count(units: int, ratio: float) -> int:
+    """How many of ``units`` a ``ratio`` removes: round(ratio * units), half to even (Python's
+    round). The one rounding rule for ratios: the planner's targets use it, and so does
+    any scorer that needs the count ahead of planning (redundancy's cluster count is
+    units - removal_count), so a scorer's chosen survivors are exactly the ones kept."""
+    return int(round(ratio * units))
+
+
 def _lowest_first(scores: list[np.ndarray]) -> np.ndarray:
     """(layer, index) pairs of all units, lowest score first; ties broken by position."""
     layer = np.concatenate([np.full(len(s), i) for i, s in enumerate(scores)]).astype(int)
@@ -49,9 +57,9 @@ def plan_heads(scores: HeadScores, layout: Layout, target: HeadTarget) -> dict[i
     values = [np.asarray(v, dtype=np.float64) for v in scores.values]
     _check_shapes("head", [len(v) for v in values], list(layout.heads_per_layer), scores.scorer)
     if target.scope == "per_layer":
-        counts = [min(int(round(target.ratio * n)), max(n - target.min_per_layer, 0)) for n in layout.heads_per_layer]
+        counts = [min(removal_count(n, target.ratio), max(n - target.min_per_layer, 0)) for n in layout.heads_per_layer]
         return _take_lowest(values, counts)
-    total = int(round(target.ratio * sum(layout.heads_per_layer)))
+    total = removal_count(sum(layout.heads_per_layer), target.ratio)
     return _take_global(values, total, target.min_per_layer)
 
 
@@ -61,9 +69,9 @@ def plan_neurons(scores: NeuronScores, layout: Layout, target: NeuronTarget) -> 
     floor = target.min_per_layer
     if target.ratio is not None:
         if target.scope == "per_layer":
-            counts = [min(int(round(target.ratio * len(v))), max(len(v) - floor, 0)) for v in values]
+            counts = [min(removal_count(len(v), target.ratio), max(len(v) - floor, 0)) for v in values]
             return _take_lowest(values, counts)
-        return _take_global(values, int(round(target.ratio * sum(map(len, values)))), floor)
+        return _take_global(values, removal_count(sum(map(len, values)), target.ratio), floor)
     # percentile: remove every unit strictly below the p-th percentile (of its layer, or
     # of the whole model), so ties at the threshold are kept, never split arbitrarily.
     if target.scope == "per_layer":

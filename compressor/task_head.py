@@ -37,10 +37,24 @@ def check_head(model: nn.Module, task: GlueTask, what: str = "the model") -> Non
         )
 
 
+def name_labels(config, task: GlueTask) -> None:
+    """config.id2label / label2id from the task's class names (sst2: negative, positive),
+    so a saved classifier says what its outputs mean; regression keeps transformers' default."""
+    from .data.glue import label_names
+
+    names = label_names(task)
+    if names is None:
+        return
+    config.id2label = dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+
+
 def with_task_head(model: nn.Module, task: GlueTask, attn_implementation: str | None = None) -> nn.Module:
     """The model with a freshly initialized head for the task; the encoder's weights and
-    its (possibly pruned) layout are kept. A model whose head already fits is returned as is."""
+    its (possibly pruned) layout are kept. A model whose head already fits is returned as
+    is. Either way its config names the task's labels (id2label)."""
     if head_labels(model) == task.num_labels:
+        name_labels(model.config, task)
         return model
     from transformers import AutoModelForSequenceClassification
 
@@ -49,6 +63,7 @@ def with_task_head(model: nn.Module, task: GlueTask, attn_implementation: str | 
                  head_labels(model), task.num_labels, task.name)
     config = copy.deepcopy(model.config)
     config.num_labels = task.num_labels
+    name_labels(config, task)
     config.problem_type = "regression" if task.is_regression else "single_label_classification"
     config.architectures = None
     if config.model_type == "gpt2" and config.pad_token_id is None:

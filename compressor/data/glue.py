@@ -73,6 +73,28 @@ GLUE_TASKS = {
     )
 }
 
+# Class names in the hub's label order (nyu-mll/glue's ClassLabel names): what a saved
+# classifier's config.id2label says; a regression task (STS-B) has none.
+LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    "cola": ("unacceptable", "acceptable"),
+    "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "mnli": ("entailment", "neutral", "contradiction"),
+    "qnli": ("entailment", "not_entailment"),
+    "rte": ("entailment", "not_entailment"),
+    "wnli": ("not_entailment", "entailment"),
+}
+
+
+def label_names(task: GlueTask) -> tuple[str, ...] | None:
+    """The task's class names in label-id order; None for regression."""
+    if task.is_regression:
+        return None
+    names = LABEL_NAMES.get(task.name)
+    return names if names is not None and len(names) == task.num_labels else tuple(task.labels)
+
+
 SPLITS = ("train", "dev", "dev_matched", "dev_mismatched", "validation", "test")
 
 

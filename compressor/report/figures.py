@@ -74,11 +74,20 @@ def kept_grid(heads_before: list[int], heads_after: list[int], removed_heads: di
     return _png(fig)
 
 
-def score_distributions(values: list[list[float]], title: str, unit: str) -> bytes:
-    """One box per layer: how a scorer's values spread inside each layer."""
+def score_distributions(values: list[list[float]], title: str, unit: str,
+                        cuts: list[float | None] | None = None) -> bytes:
+    """One box per layer: how a scorer's values spread inside each layer; ``cuts`` (per
+    layer, None where nothing was cut) draws the score the plan actually cut at."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3))
     ax.boxplot([np.asarray(v, dtype=float) for v in values], showfliers=False)
+    if cuts is not None:
+        xs = [i + 1 for i, c in enumerate(cuts) if c is not None]
+        ys = [c for c in cuts if c is not None]
+        if xs:
+            ax.hlines(ys, [x - 0.4 for x in xs], [x + 0.4 for x in xs], color="#d62728", lw=2,
+                      label="cut: highest score removed")
+            ax.legend(fontsize=7, loc="best")
     ax.set_xticks(range(1, len(values) + 1), [f"L{i}" for i in range(len(values))])
     ax.set_ylabel(unit)
     ax.set_title(title, fontsize=10)

@@ -11,15 +11,15 @@ sentences, as Bian et al. do; pooling all tokens of all sentences instead weight
 sentences more (on MiniLM the mean JS distance differs by about 0.015, see
 docs/reproductions.md).
 
-Scores: spectral clustering of the (mean) distance matrix into ceil(N * (1 - ratio))
-clusters, for the scorer's explicit ``ratio`` param (recorded in the extras); in each cluster the head with the best silhouette is the representative.
+Scores: spectral clustering of the (mean) distance matrix into N - round(ratio * N)
+clusters (planning.removal_count, the planner's own rounding), for the scorer's explicit
+``ratio`` param (recorded in the extras); in each cluster the head with the best
+silhouette is the representative.
 Representatives score 2 + silhouette and the rest their silhouette in [-1, 1], so
 removing the lowest ``ratio`` of heads removes exactly the non-representatives.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from ..head_distances import (
     SENTENCE_METRICS, TOKEN_METRICS, cca_similarity, dcor_similarity, js_distance_sums,
     procrustes_disparity, query_weights, token_metric_means,
 )
+from ..planning import removal_count
 from ..types import HeadScores, Scores
 from .base import CaptureBatch, Scorer, per_layer, register_scorer
 
@@ -108,7 +109,8 @@ class RedundancyScorer(Scorer):
         mats = self.matrices()
         d = np.mean(list(mats.values()), axis=0) if self.p["cluster_on"] == "mean" else mats[self.p["cluster_on"]]
         n = d.shape[0]
-        k = min(n, max(1, math.ceil(n * (1 - ratio))))
+        # the planner's rounding (planning.removal_count): removing `ratio` removes exactly the non-representatives
+        k = min(n, max(1, n - removal_count(n, ratio)))
         labels, silhouette, reps = cluster_heads(d, k, self.ctx.seed)
         flat = silhouette.copy()
         flat[reps] += 2.0
