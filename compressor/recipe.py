@@ -88,8 +88,8 @@ BUDGET_TARGET = {
     "split": Field("choice", "auto", choices=("auto", "importance", "measure"),
                    help="auto: importance for one-scale scorers (fisher), else measure on calibration data"),
     "scope": Field("choice", "search", choices=("search", "global", "per_layer", "allocated"),
-                   help="measure: rank a kind's units model-wide, by share of each layer, allocate per layer "
-                        "from measured layer sensitivities, or try all three"),
+                   help="measure: rank a kind's units model-wide or by share of each layer, or try both "
+                        "(search); allocated: split per layer from measured layer sensitivities"),
     "candidates": Field("int", 5, lo=1, hi=50, help="measure: head/neuron splits tried per scope"),
     "rearrange": Field("bool", True, help="fisher: re-choose units within each layer with the layer's Fisher matrix"),
 }

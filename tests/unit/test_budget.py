@@ -152,7 +152,7 @@ def test_the_plan_meets_the_budget_within_one_unit_and_keeps_the_floors(case):
         losses = [c["loss"] for c in info["candidates"]]
         probes = info.get("probes")
         n_probes = 0 if probes is None else 1 + sum(p["removed"] > 0 for k in ("heads", "neurons") for p in probes[k])
-        assert (probes is not None) == (scope in ("search", "allocated"))
+        assert (probes is not None) == (scope == "allocated")
         assert len(calls) == len(losses) + n_probes and losses[info["chosen"]] == min(losses)
 
 
@@ -253,10 +253,9 @@ targets:
     res = run(["--recipe", str(write_recipe(tmp_path, body)), "--output", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     b = json.loads((out / "plan.json").read_text())["source"]["budget"]
-    # 3 head counts per ranked scope, one allocation per exponent (2, 3) from the layer probes
-    assert b["split"] == "measure" and len(b["candidates"]) == 6 + 2
-    assert {c["scope"] for c in b["candidates"]} == {"global", "per_layer", "allocated"}
-    assert len(b["probes"]["heads"]) == len(b["probes"]["neurons"]) == 3  # one per layer
+    # 3 head counts per ranked scope (search: global and per_layer; allocated is asked for)
+    assert b["split"] == "measure" and len(b["candidates"]) == 6 and "probes" not in b
+    assert {c["scope"] for c in b["candidates"]} == {"global", "per_layer"}
     assert json.loads((out / "plan.json").read_text())["source"]["split_loss"] == "output"
     losses = [c["loss"] for c in b["candidates"]]
     assert b["candidates"][b["chosen"]]["loss"] == min(losses) and max(losses) > 0
@@ -330,7 +329,7 @@ def test_budget_60_recipe_runs_shrunk_on_a_tiny_model(tmp_path):
 def test_allocated_scope_takes_cuts_where_the_measured_loss_rises_least():
     """A synthetic calibration loss in which layer 1's FFN is nearly free to cut and
     layer 0's FFN and all heads are costly: the allocated candidate removes layer 1's
-    neurons first, in the scorer's order, and wins the measured split."""
+    neurons first, in the scorer's order, at a lower loss than any per_layer split."""
     layout = Layout((4, 4), (40, 40), 8, 16)
     rng = np.random.default_rng(0)
     hs = HeadScores("magnitude", tuple(tuple(rng.random(4)) for _ in range(2)))
@@ -341,10 +340,14 @@ def test_allocated_scope_takes_cuts_where_the_measured_loss_rises_least():
         loss = sum(weight[("h", l)] * (len(i) / 4) ** 2 for l, i in heads.items())
         return 1.0 + loss + sum(weight[("n", l)] * (len(i) / 40) ** 2 for l, i in neurons.items())
 
-    t = BudgetTarget("params", 0.7, "magnitude", "magnitude", split="measure", scope="search", candidates=3)
+    t = BudgetTarget("params", 0.7, "magnitude", "magnitude", split="measure", scope="allocated", candidates=3)
     plan = plan_budget(layout, hs, ns, t, evaluate=evaluate)
     info = plan.source["budget"]
-    assert info["candidates"][info["chosen"]]["scope"] == "allocated"
+    assert [c["exponent"] for c in info["candidates"]] == [2.0, 3.0]
+    per_layer = plan_budget(layout, hs, ns, BudgetTarget("params", 0.7, "magnitude", "magnitude", split="measure",
+                                                        scope="per_layer", candidates=3), evaluate=evaluate)
+    # the measured allocation finds a lower loss than any same-share-per-layer split
+    assert min(c["loss"] for c in info["candidates"]) < min(c["loss"] for c in per_layer.source["budget"]["candidates"])
     assert [p["removed"] for p in info["probes"]["neurons"]] == [20, 20]
     assert info["probes"]["neurons"][1]["loss_added"] < info["probes"]["neurons"][0]["loss_added"]
     assert len(plan.neurons.get(1, ())) > len(plan.neurons.get(0, ()))
