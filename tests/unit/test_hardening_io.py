@@ -250,6 +250,9 @@ def test_keyboard_interrupt_cleans_the_temporary_folder(tmp_path):
 
 SIGNAL_PROBE = """
 import os, signal, sys, time
+# as when launched from a terminal: a background job (CI under nohup, `cmd &`) inherits
+# SIGINT ignored, and then Ctrl-C never reaches it at all
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.argv = ["compress", *sys.argv[1:]]
 import compressor.pipeline as pipeline
 real = pipeline.save_model
