@@ -193,9 +193,11 @@ def _floors(sizes: tuple[int, ...], floor: int) -> np.ndarray:
 def check_budget(layout: Layout, target: BudgetTarget, bias: bool = True) -> None:
     """A budget below what the per-layer floors keep is impossible: one line naming the
     smallest achievable share. Pure, so the pipeline runs it before any work."""
-    if layout.group_size > 1:
-        raise RecipeError("recipe field 'targets.budget' does not support grouped-query attention yet "
-                          f"({layout.group_size} query heads per key/value head); use targets.heads and targets.neurons")
+    if layout.group_size > 1 or layout.ffn_inputs != 1:
+        # unit_costs prices a head with its own k/v rows and a neuron with two projections
+        raise RecipeError("recipe field 'targets.budget' does not support head groups or gated FFNs yet "
+                          f"(this model: {layout.group_size} query heads per key/value head, {layout.ffn_inputs} "
+                          "FFN input projections); use targets.heads and targets.neurons")
     ch, cn = unit_costs(layout, target.kind, bias=bias)
     full = ch * sum(layout.heads_per_layer) + cn * sum(layout.ffn_per_layer)
     fh = int(_floors(layout.heads_per_layer, target.min_heads_per_layer).sum())

@@ -113,6 +113,7 @@ class PruningPlan:
             layout.head_dim,
             layout.hidden_size,
             layout.group_size,
+            layout.ffn_inputs,
         )
 
     def to_json(self) -> dict:

@@ -127,6 +127,8 @@ class Layout:
     # query heads per key/value head (grouped-query attention); 1: no groups. Constant
     # across layers and under pruning, since only whole groups are removed.
     group_size: int = 1
+    # FFN input projections per neuron: 1, or 2 for a gated FFN (gate and up); FLOPs count it
+    ffn_inputs: int = 1
 
     @property
     def num_layers(self) -> int:
@@ -146,6 +148,8 @@ class Layout:
         }
         if self.group_size != 1:  # written only with groups: ungrouped layouts read as before
             d["group_size"] = self.group_size
+        if self.ffn_inputs != 1:
+            d["ffn_inputs"] = self.ffn_inputs
         return d
 
     @classmethod
@@ -156,6 +160,7 @@ class Layout:
             int(d["head_dim"]),
             int(d["hidden_size"]),
             int(d.get("group_size", 1)),
+            int(d.get("ffn_inputs", 1)),
         )
 
 
@@ -236,6 +241,7 @@ class Adapter:
             head_dim=self.head_dim(0),
             hidden_size=int(self.model.config.hidden_size),
             group_size=self.group_size(0),
+            ffn_inputs=len(self.spec.ffn_in),
         )
 
 

@@ -84,7 +84,7 @@ def test_spec_describes_the_decoder():
     assert spec.ffn_in == ("mlp.gate_proj", "mlp.up_proj") and spec.norm == "rmsnorm"
     assert spec.causal and spec.summary_token == "last" and spec.pad_token_from_eos
     assert not spec.takes_input("token_type_ids")
-    assert a.layout() == Layout((HEADS,) * LAYERS, (FFN,) * LAYERS, 16, 64, group_size=GROUP)
+    assert a.layout() == Layout((HEADS,) * LAYERS, (FFN,) * LAYERS, 16, 64, group_size=GROUP, ffn_inputs=2)
     assert a.kv_heads(0) == KV_HEADS
     with pytest.raises(KeyError, match="use Adapter.modules"):
         a.module(0, "ffn_in")  # two modules: a caller must handle both
@@ -157,7 +157,7 @@ def test_save_and_reload_at_per_layer_layout(kind, tmp_path):
     save_model(pruned, tmp_path / "m")
     recorded = json.loads((tmp_path / "m" / "config.json").read_text())["compressor_layout"]
     assert recorded["heads_per_layer"] == [0, 2] and recorded["ffn_per_layer"] == [0, FFN - 2]
-    assert recorded["group_size"] == GROUP
+    assert recorded["group_size"] == GROUP and recorded["ffn_inputs"] == 2
     reloaded = load_model(str(tmp_path / "m"))
     assert adapter_for(reloaded).layout() == adapter_for(pruned).layout()
     ids, mask = inputs()
@@ -240,3 +240,24 @@ def test_group_size_is_written_only_with_groups():
     assert "group_size" not in Layout((4,), (8,), 8, 32).to_json()
     d = Layout((4,), (8,), 8, 32, group_size=2).to_json()
     assert Layout.from_json(d).group_size == 2 and np.array_equal(Layout.from_json(d).heads_per_layer, (4,))
+
+
+def test_flops_count_shared_key_values_and_the_gate():
+    from compressor.metrics import encoder_flops_per_token
+
+    d, dh, f, seq = 64, 16, FFN, 8
+    layout = adapter_for(MODELS["llama"]).layout()
+    w = HEADS * dh
+    per_layer = 2 * d * (w + 2 * w // GROUP) + 2 * w * d + 4 * seq * w + 2 * 3 * d * f
+    assert encoder_flops_per_token(layout, seq) == LAYERS * per_layer
+    plain = Layout(layout.heads_per_layer, layout.ffn_per_layer, dh, d)  # BERT's formula unchanged
+    assert encoder_flops_per_token(plain, seq) == LAYERS * (2 * d * 3 * w + 2 * w * d + 4 * seq * w + 4 * d * f)
+
+
+def test_budget_refuses_decoder_layouts_it_cannot_price():
+    from compressor.planning import check_budget
+    from compressor.recipe import BudgetTarget
+
+    target = BudgetTarget(kind="flops", share=0.5, head_scorer="magnitude", neuron_scorer="magnitude")
+    with pytest.raises(RecipeError, match="'targets.budget' does not support head groups or gated FFNs"):
+        check_budget(adapter_for(MODELS["llama"]).layout(), target)
