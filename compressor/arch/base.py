@@ -96,7 +96,7 @@ class ArchSpec:
     # attention ("bert", "gpt2"); None: none is known, the exported graph is not optimized.
     ort_model_type: str | None = "bert"
     # A classifier pools the last non-pad token, so its config needs a pad_token_id; a
-    # model without one (GPT-2, LLaMA) uses its eos_token_id, as transformers' docs advise.
+    # model without one (GPT-2, LLaMA) gets its eos_token_id as the pad id.
     pad_token_from_eos: bool = False
 
     def __post_init__(self) -> None:
@@ -104,11 +104,6 @@ class ArchSpec:
             object.__setattr__(self, "ffn_in", (self.ffn_in,))
         if self.num_heads is None and self.query is None:
             raise ValueError(f"{self.name}: num_heads=None needs a separate query projection to count heads")
-
-    @property
-    def tuple_roles(self) -> frozenset[str]:
-        """Roles that name several modules (``Adapter.modules``)."""
-        return frozenset({"ffn_in"})
 
     def takes_input(self, name: str) -> bool:
         """Whether the model's forward (and its exported graph) takes this input, e.g.
