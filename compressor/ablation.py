@@ -49,9 +49,12 @@ def ablate_heads(model: nn.Module, heads: dict[int, list[int]], mode: str = "zer
                 def grab_v(module, args, out, layer=layer, width=width):
                     state[("v", layer)] = out[..., 2 * width :]  # [batch, seq, width]
             else:
+                g = adapter.group_size(layer)
 
-                def grab_v(module, args, out, layer=layer):
-                    state[("v", layer)] = out
+                def grab_v(module, args, out, layer=layer, g=g):
+                    # [batch, seq, kv_heads * d] -> each query head's value: its group's
+                    b, s, w = out.shape
+                    state[("v", layer)] = out.view(b, s, w // d, d).repeat_interleave(g, dim=2).reshape(b, s, w * g)
 
             handles.append(adapter.module(layer, "qkv" if adapter.spec.qkv else "value").register_forward_hook(grab_v))
 

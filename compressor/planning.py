@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -56,6 +57,18 @@ def _take_global(scores: list[np.ndarray], total: int, floor: int) -> dict[int, 
 def plan_heads(scores: HeadScores, layout: Layout, target: HeadTarget) -> dict[int, list[int]]:
     values = [np.asarray(v, dtype=np.float64) for v in scores.values]
     _check_shapes("head", [len(v) for v in values], list(layout.heads_per_layer), scores.scorer)
+    g = layout.group_size
+    if g > 1:
+        # Grouped-query attention: whole key/value groups are planned, each scored by the
+        # sum of its query heads' scores; ratio and min_per_layer count groups.
+        grouped = [v.reshape(-1, g).sum(1) for v in values]  # [groups] per layer
+        glayout = dataclasses.replace(layout, heads_per_layer=layout.groups_per_layer, group_size=1)
+        chosen = _plan_units(grouped, glayout, target)
+        return {layer: [h for grp in gs for h in range(grp * g, (grp + 1) * g)] for layer, gs in chosen.items()}
+    return _plan_units(values, layout, target)
+
+
+def _plan_units(values: list[np.ndarray], layout: Layout, target: HeadTarget) -> dict[int, list[int]]:
     if target.scope == "per_layer":
         counts = [min(removal_count(n, target.ratio), max(n - target.min_per_layer, 0)) for n in layout.heads_per_layer]
         return _take_lowest(values, counts)
@@ -92,7 +105,11 @@ def check_floors(layout: Layout, heads: HeadTarget | None = None, neurons: Neuro
     counted: no floor applies to what is gone. Pure, so the pipeline runs it before any work."""
     checks = []
     if heads is not None:
-        checks.append(("targets.heads.min_per_layer", heads.min_per_layer, layout.heads_per_layer, "heads"))
+        # with head groups the floor counts key/value groups (plan_heads keeps whole groups)
+        grouped = layout.group_size > 1
+        checks.append(("targets.heads.min_per_layer", heads.min_per_layer,
+                       layout.groups_per_layer if grouped else layout.heads_per_layer,
+                       "head groups" if grouped else "heads"))
     if neurons is not None:
         checks.append(("targets.neurons.min_per_layer", neurons.min_per_layer, layout.ffn_per_layer, "neurons"))
     if budget is not None:
@@ -176,6 +193,11 @@ def _floors(sizes: tuple[int, ...], floor: int) -> np.ndarray:
 def check_budget(layout: Layout, target: BudgetTarget, bias: bool = True) -> None:
     """A budget below what the per-layer floors keep is impossible: one line naming the
     smallest achievable share. Pure, so the pipeline runs it before any work."""
+    if layout.group_size > 1 or layout.ffn_inputs != 1:
+        # unit_costs prices a head with its own k/v rows and a neuron with two projections
+        raise RecipeError("recipe field 'targets.budget' does not support head groups or gated FFNs yet "
+                          f"(this model: {layout.group_size} query heads per key/value head, {layout.ffn_inputs} "
+                          "FFN input projections); use targets.heads and targets.neurons")
     ch, cn = unit_costs(layout, target.kind, bias=bias)
     full = ch * sum(layout.heads_per_layer) + cn * sum(layout.ffn_per_layer)
     fh = int(_floors(layout.heads_per_layer, target.min_heads_per_layer).sum())

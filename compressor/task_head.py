@@ -66,8 +66,8 @@ def with_task_head(model: nn.Module, task: GlueTask, attn_implementation: str | 
     name_labels(config, task)
     config.problem_type = "regression" if task.is_regression else "single_label_classification"
     config.architectures = None
-    if config.model_type == "gpt2" and config.pad_token_id is None:
-        # GPT-2 classifies from the last non-pad token; it must know which id pads.
+    if adapter_for(model).spec.pad_token_from_eos and config.pad_token_id is None:
+        # a decoder classifies from the last non-pad token; it must know which id pads
         config.pad_token_id = config.eos_token_id
     kwargs = {"attn_implementation": attn_implementation or model.config._attn_implementation}
     try:

@@ -90,6 +90,19 @@ class PruningPlan:
                         f"plan removes {kind} {bad[0]} of layer {layer}, but layer {layer} has "
                         f"{sizes[layer]} {kind}s (valid: 0..{sizes[layer] - 1})"
                     )
+        g = layout.group_size
+        if g > 1:
+            # grouped-query attention: a key/value head goes with all of its query heads
+            for layer, idx in self.heads.items():
+                removed = set(idx)
+                for group in sorted({h // g for h in removed}):
+                    members = range(group * g, (group + 1) * g)
+                    if not removed.issuperset(members):
+                        raise PlanError(
+                            f"plan removes some but not all query heads of key/value group {group} in layer "
+                            f"{layer} (heads {members.start}..{members.stop - 1}); with {g} query heads per "
+                            f"key/value head only whole groups can be removed"
+                        )
 
     def kept_layout(self, layout: Layout) -> Layout:
         from .arch.base import Layout
@@ -99,6 +112,8 @@ class PruningPlan:
             tuple(f - len(self.neurons.get(i, ())) for i, f in enumerate(layout.ffn_per_layer)),
             layout.head_dim,
             layout.hidden_size,
+            layout.group_size,
+            layout.ffn_inputs,
         )
 
     def to_json(self) -> dict:

@@ -13,7 +13,7 @@ BERT = register(
         key="attention.self.key",
         value="attention.self.value",
         attn_out="attention.output.dense",
-        ffn_in="intermediate.dense",
+        ffn_in=("intermediate.dense",),
         ffn_out="output.dense",
         num_heads="num_attention_heads",
         head_dim="attention_head_size",
@@ -23,5 +23,8 @@ BERT = register(
         attn_residual_sum="attention.output.LayerNorm",
         ffn_residual_sum="output.LayerNorm",
         onnx_inputs=("input_ids", "attention_mask", "token_type_ids"),
+        empty_ffn_returns="bias",
+        norm="layernorm",
+        ort_model_type="bert",
     )
 )

@@ -11,7 +11,7 @@ GPT2 = register(
         attn_core="attn",
         qkv="attn.c_attn",
         attn_out="attn.c_proj",
-        ffn_in="mlp.c_fc",
+        ffn_in=("mlp.c_fc",),
         ffn_out="mlp.c_proj",
         num_heads="num_heads",
         head_dim="head_dim",
@@ -22,5 +22,9 @@ GPT2 = register(
         attn_residual_sum="ln_2",
         ffn_residual_sum="",
         onnx_inputs=("input_ids", "attention_mask", "position_ids"),
+        empty_ffn_returns="bias",
+        norm="layernorm",
+        ort_model_type="gpt2",
+        pad_token_from_eos=True,
     )
 )

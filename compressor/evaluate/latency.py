@@ -70,9 +70,10 @@ def random_batch(vocab_size: int, batch: int, seq: int, seed: int = 0) -> dict[s
 
 
 def torch_runner(model: nn.Module, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
-    accepted = {"input_ids", "attention_mask"} | ({"token_type_ids"} if model.config.model_type == "bert" else set())
-    inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k in accepted}
-    extra = adapter_for(model).forward_kwargs()
+    adapter = adapter_for(model)
+    # the feeds the architecture's forward takes (token_type_ids: BERT only)
+    inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if adapter.spec.takes_input(k)}
+    extra = adapter.forward_kwargs()
 
     @torch.inference_mode()
     def run():

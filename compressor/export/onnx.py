@@ -432,8 +432,12 @@ def export_model(
         heads_per_layer=list(adapter.layout().heads_per_layer),
     )
     result.parity[RAW] = compare(model, raw, feeds)[0]
+    fusion = adapter.spec.ort_model_type  # the optimizer's name for this architecture's attention
+    if optimize_graph and fusion is None:
+        optimize_graph = False
+        result.notes.append(f"no ONNX Runtime fusion is known for {adapter.spec.name}; the graph is not optimized")
     if optimize_graph:
-        optimize(raw, out_dir / OPTIMIZED, "gpt2" if adapter.spec.causal else "bert")
+        optimize(raw, out_dir / OPTIMIZED, fusion)
         result.files["optimized"] = OPTIMIZED
         result.parity[OPTIMIZED] = compare(model, out_dir / OPTIMIZED, feeds)[0]
         # graph order is layer order; layers without heads have no attention to fuse

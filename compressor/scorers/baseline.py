@@ -13,7 +13,9 @@ class MagnitudeScorer(Scorer):
     """L2 norm of all weights coupled to a head or neuron (Torch-Pruning's group norm).
 
     Head h: its rows of q, k and v (or of the fused qkv) and its input columns of the
-    out projection. Neuron j: ffn_in's row j with its bias and ffn_out's column j.
+    out projection; with head groups (GQA) the shared key/value rows count 1/G towards
+    each of the group's G query heads. Neuron j: row j (with its bias) of every ffn_in
+    projection (a gated FFN's gate and up) and ffn_out's column j.
     """
 
     name = "magnitude"
@@ -22,20 +24,24 @@ class MagnitudeScorer(Scorer):
         a, layout = self.ctx.adapter, self.ctx.layout
         heads, neurons = [], []
         for i in range(layout.num_layers):
-            n, d = a.num_heads(i), a.head_dim(i)
+            n, d, g = a.num_heads(i), a.head_dim(i), a.group_size(i)
             if a.spec.qkv is not None:
                 w = weight_out_in(a.module(i, "qkv"))  # [3 * n * d, hidden]
                 sq = w.pow(2).sum(1).view(3, n, d).sum((0, 2))  # [n]
             else:
-                sq = sum(weight_out_in(a.module(i, r)).pow(2).sum(1).view(n, d).sum(1) for r in ("query", "key", "value"))
+                sq = weight_out_in(a.module(i, "query")).pow(2).sum(1).view(n, d).sum(1)  # [n]
+                kv = sum(weight_out_in(a.module(i, r)).pow(2).sum(1).view(n // g, d).sum(1)
+                         for r in ("key", "value"))  # [groups]
+                sq = sq + (kv / g).repeat_interleave(g)  # [n]: each query head's share of its group's k/v
             out = weight_out_in(a.module(i, "attn_out"))  # [hidden, n * d]
             sq = sq + out.pow(2).sum(0).view(n, d).sum(1)
             heads.append(tuple(sq.sqrt().tolist()))
 
-            ffn_in, ffn_out = a.module(i, "ffn_in"), a.module(i, "ffn_out")
-            sq = weight_out_in(ffn_in).pow(2).sum(1) + weight_out_in(ffn_out).pow(2).sum(0)  # [neurons]
-            if ffn_in.bias is not None:
-                sq = sq + ffn_in.bias.detach().pow(2)
+            sq = weight_out_in(a.module(i, "ffn_out")).pow(2).sum(0)  # [neurons]
+            for proj in a.modules(i, "ffn_in"):
+                sq = sq + weight_out_in(proj).pow(2).sum(1)
+                if proj.bias is not None:
+                    sq = sq + proj.bias.detach().pow(2)
             neurons.append(sq.sqrt().double().numpy())
         return Scores(HeadScores(self.name, tuple(heads)), NeuronScores(self.name, tuple(neurons)))
 

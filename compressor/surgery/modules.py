@@ -73,17 +73,24 @@ class EmptyAttention(nn.Module):
     caller expects back:
     - "context": an empty [batch, seq, 0] context; the caller's out projection then adds
       its bias, exactly what the masked original computes (BERT, RoBERTa).
-    - "projection": the projected output, i.e. out projection bias (GPT-2).
+    - "projection": the projected output, i.e. out projection bias (GPT-2), or zeros
+      when it has none (LLaMA).
+
+    ``as_original_class``: build it as a subclass of the original's class (see
+    ``empty_attention``), for models that collect attention maps by hooking every
+    module of that class (transformers 4.57's LLaMA family).
     """
 
-    def __init__(self, original: nn.Module, returns: str, attrs: dict[str, int], attn_out_name: str | None):
-        super().__init__()
+    def __init__(self, original: nn.Module, returns: str, attrs: dict[str, int], attn_out_name: str | None,
+                 always_maps: bool = False):
+        nn.Module.__init__(self)  # not super(): in a subclass of the original's class, its __init__ is next
         for name, child in original.named_children():
             self.add_module(name, child)
         for name, value in attrs.items():
             setattr(self, name, value)
         self.returns = returns
         self.attn_out_name = attn_out_name
+        self.always_maps = always_maps
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         batch, seq, _ = hidden_states.shape
@@ -92,5 +99,30 @@ class EmptyAttention(nn.Module):
             out = getattr(self, self.attn_out_name)(context)  # [batch, seq, hidden]: the bias
         else:
             out = context
-        attn = hidden_states.new_zeros(batch, 0, seq, seq) if kwargs.get("output_attentions") else None
+        # [batch, 0, q, k]: no heads. Hook-collected maps need one per layer (a None is skipped).
+        wants = kwargs.get("output_attentions") or self.always_maps
+        attn = hidden_states.new_zeros(batch, 0, seq, seq) if wants else None
         return out, attn
+
+
+def empty_attention(original: nn.Module, returns: str, attrs: dict[str, int], attn_out_name: str | None,
+                    as_original_class: bool = False) -> EmptyAttention:
+    """An ``EmptyAttention`` for ``original``; with ``as_original_class`` it is also an
+    instance of the original's class (EmptyAttention first in the MRO, so its forward
+    runs), so transformers' class-based output recorders still see one attention per layer."""
+    if not as_original_class:
+        return EmptyAttention(original, returns, attrs, attn_out_name)
+    cls = _EMPTY_CLASSES.get(type(original))
+    if cls is None:
+        cls = type(f"Empty{type(original).__name__}", (EmptyAttention, type(original)), {})
+        _EMPTY_CLASSES[type(original)] = cls
+    empty = cls(original, returns, attrs, attn_out_name, always_maps=True)
+    # the original class's plain attributes (config, layer_idx, ...), which code that
+    # walks modules of that class may read; the head bookkeeping in attrs wins
+    for name, value in vars(original).items():
+        if not name.startswith("_") and name not in attrs and not isinstance(value, (nn.Module, torch.Tensor)):
+            setattr(empty, name, value)
+    return empty
+
+
+_EMPTY_CLASSES: dict[type, type] = {}

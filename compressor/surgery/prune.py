@@ -1,9 +1,15 @@
 """Physical removal of attention heads and FFN neurons.
 
 Removing head h of a layer drops its slice [h*d, (h+1)*d) from the q/k/v outputs and
-from the out projection's inputs; removing neuron j drops ffn_in's output j and
-ffn_out's input j. Both are exact: the result equals the original with those heads'
-contexts (or those neurons' activations) multiplied by zero.
+from the out projection's inputs; removing neuron j drops output j of every ffn_in
+projection (a gated FFN's gate and up) and ffn_out's input j. Both are exact: the result
+equals the original with those heads' contexts (or those neurons' activations)
+multiplied by zero.
+
+With head groups (grouped-query attention, group size G) only whole groups go: query
+heads g*G .. g*G+G-1 with key/value head g (``PruningPlan.validate`` refuses anything
+else before any change). The key/value head serves no query once its group is gone, so
+dropping it too is still exact.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from torch import nn
 
 from ..arch.base import Adapter, adapter_for, is_conv1d
 from ..types import PruningPlan
-from .modules import EmptyAttention, slice_projection
+from .modules import EmptyAttention, empty_attention, slice_projection
 
 
 def _head_feature_index(keep_heads: list[int], head_dim: int) -> torch.Tensor:
@@ -32,20 +38,24 @@ def remove_heads(adapter: Adapter, layer: int, heads: Iterable[int]) -> None:
     remove = set(int(h) for h in heads)
     if not remove:
         return
-    n_heads, head_dim = adapter.num_heads(layer), adapter.head_dim(layer)
+    n_heads, head_dim, group = adapter.num_heads(layer), adapter.head_dim(layer), adapter.group_size(layer)
     keep = [h for h in range(n_heads) if h not in remove]
     index = _head_feature_index(keep, head_dim)
+    # key/value heads kept: the groups of the kept query heads (whole groups, validated)
+    kv_index = _head_feature_index(sorted({h // group for h in keep}), head_dim)
     if spec.qkv is not None:
         width = n_heads * head_dim
         qkv_index = torch.cat([index, index + width, index + 2 * width])  # [3 * kept * d]
         adapter.set_module(layer, "qkv", slice_projection(adapter.module(layer, "qkv"), qkv_index, "out"))
     else:
-        for role in ("query", "key", "value"):
-            adapter.set_module(layer, role, slice_projection(adapter.module(layer, role), index, "out"))
+        for role, idx in (("query", index), ("key", kv_index), ("value", kv_index)):
+            adapter.set_module(layer, role, slice_projection(adapter.module(layer, role), idx, "out"))
     adapter.set_module(layer, "attn_out", slice_projection(adapter.module(layer, "attn_out"), index, "in"))
 
     core = adapter.module(layer, "attn_core")
-    attrs = {spec.num_heads: len(keep), **{a: len(keep) * head_dim for a in spec.width_attrs}}
+    attrs = {a: len(keep) * head_dim for a in spec.width_attrs}
+    if spec.num_heads is not None:
+        attrs[spec.num_heads] = len(keep)
     for name, value in attrs.items():
         setattr(core, name, value)
     if not keep and not isinstance(core, EmptyAttention):
@@ -54,7 +64,10 @@ def remove_heads(adapter: Adapter, layer: int, heads: Iterable[int]) -> None:
             # the out projection lives inside attn_core: its path relative to it
             attn_out_name = spec.attn_out[len(spec.attn_core) + 1 :]
         attrs[spec.head_dim] = head_dim
-        empty = EmptyAttention(core, spec.empty_attention_returns, attrs, attn_out_name)
+        if spec.group_size is not None:
+            attrs[spec.group_size] = group
+        empty = empty_attention(core, spec.empty_attention_returns, attrs, attn_out_name,
+                                as_original_class=spec.attention_maps_by_class)
         empty.train(core.training)
         adapter.set_module(layer, "attn_core", empty)
 
@@ -65,7 +78,8 @@ def remove_neurons(adapter: Adapter, layer: int, neurons: Iterable[int]) -> None
         return
     size = adapter.ffn_size(layer)
     index = torch.tensor([j for j in range(size) if j not in remove], dtype=torch.long)
-    adapter.set_module(layer, "ffn_in", slice_projection(adapter.module(layer, "ffn_in"), index, "out"))
+    for i, proj in enumerate(adapter.modules(layer, "ffn_in")):  # gate and up together
+        adapter.set_module(layer, "ffn_in", slice_projection(proj, index, "out"), index=i)
     adapter.set_module(layer, "ffn_out", slice_projection(adapter.module(layer, "ffn_out"), index, "in"))
 
 

@@ -119,7 +119,7 @@ def test_unsupported_architecture(tmp_path):
     assert res.exit_code == 2
     (tmp_path / "p.json").write_text(json.dumps({"format": "compressor.plan/1"}))
     res = CliRunner().invoke(main, ["prune", "--model", str(folder), "--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "unsupported architecture 'distilbert'; supported: bert, gpt2, roberta" in res.output
+    assert res.exit_code == 2 and "unsupported architecture 'distilbert'; supported: bert, gpt2, llama, mistral, qwen2, qwen3, roberta" in res.output
     assert not (tmp_path / "o").exists()
 
 

@@ -1,0 +1,35 @@
+from .base import ArchSpec, register
+
+# LlamaAttention (transformers 4.57 and 5.x) reshapes q/k/v with (-1, head_dim) and repeats
+# each key/value head num_key_value_groups times, so removing whole groups (a key/value
+# head with its query heads) changes no attribute: the head counts follow the projections'
+# widths. It has no head-count attribute, hence num_heads=None. The gated FFN computes
+# down(act(gate(x)) * up(x)): channel j is row j of gate and up and column j of down.
+# Projections have no biases (attention_bias/mlp_bias default False); an emptied
+# attention or FFN returns zeros, so the pre-norm residual passes the layer through.
+LLAMA = register(
+    ArchSpec(
+        name="llama",
+        model_types=("llama",),
+        layers="layers",
+        attn_core="self_attn",
+        query="self_attn.q_proj",
+        key="self_attn.k_proj",
+        value="self_attn.v_proj",
+        attn_out="self_attn.o_proj",
+        ffn_in=("mlp.gate_proj", "mlp.up_proj"),
+        ffn_out="mlp.down_proj",
+        num_heads=None,
+        head_dim="head_dim",
+        group_size="num_key_value_groups",
+        summary_token="last",
+        causal=True,
+        empty_attention_returns="projection",
+        attention_maps_by_class=True,
+        empty_ffn_returns="zeros",
+        norm="rmsnorm",
+        onnx_inputs=("input_ids", "attention_mask", "position_ids"),
+        ort_model_type=None,
+        pad_token_from_eos=True,
+    )
+)
