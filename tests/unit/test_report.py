@@ -16,6 +16,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from compressor.arch import Layout
 from compressor.planning import plan_heads, removal_count
 from compressor.recipe import HeadTarget
 from compressor.report.html import plan_cuts, render_report
@@ -240,10 +241,8 @@ def test_a_clustering_scorer_and_the_planner_round_alike(sizes, ratio, seed):
     starts = np.cumsum([0, *sizes])
     values = tuple(tuple(flat[a:b]) for a, b in itertools.pairwise(starts))
 
-    class L:  # the planner reads only heads_per_layer
-        heads_per_layer = tuple(sizes)
-
-    removed = plan_heads(HeadScores("redundancy", values), L, HeadTarget(ratio=ratio))
+    layout = Layout(tuple(sizes), tuple(4 for _ in sizes), 8, 32)
+    removed = plan_heads(HeadScores("redundancy", values), layout, HeadTarget(ratio=ratio))
     gone = {int(starts[layer] + h) for layer, hs in removed.items() for h in hs}
     assert not gone & set(reps.tolist())
     assert len(gone) == removal_count(n, ratio)
