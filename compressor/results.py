@@ -10,7 +10,6 @@ with a one-line ``MetricsError`` naming it.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +48,25 @@ def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
+class _Record:
+    """A stage's record: read with ``_take`` (``WHERE`` names it in errors), written as
+    its fields; records whose metrics.json layout differs override ``to_dict``."""
+
+    WHERE = "record"
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str | None = None):
+        return _take(cls, d, where or cls.WHERE)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class SizeSummary:
+class SizeSummary(_Record):
     """A model's size and shape (models.model_summary + encoder FLOPs)."""
+
+    WHERE = "size"
 
     architecture: str
     model_type: str
@@ -62,32 +77,24 @@ class SizeSummary:
     head_dim: int | None = None
     hidden_size: int | None = None
 
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "size") -> SizeSummary:
-        return _take(cls, d, where)
-
     def to_dict(self) -> dict:
         return _drop_none(dataclasses.asdict(self))
 
 
 @dataclass
-class BudgetSummary:
+class BudgetSummary(_Record):
+    WHERE = "budget"
+
     asked: dict[str, float]
     achieved: dict[str, float]
     within_one_unit: bool
     split: str
 
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "budget") -> BudgetSummary:
-        return _take(cls, d, where)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 @dataclass
-class FinetuneSummary:
+class FinetuneSummary(_Record):
     """One fine-tuning stage: what it did (steps, loss) and how (config, data, teacher)."""
+
+    WHERE = "finetune"
 
     steps: int
     examples_seen: int
@@ -102,17 +109,12 @@ class FinetuneSummary:
     teacher: str | None = None
     saved_as: str | None = None  # folder in the output holding this stage's model (base_model)
 
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "finetune") -> FinetuneSummary:
-        return _take(cls, d, where)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class EvalSummary:
+class EvalSummary(_Record):
     """One model scored on the task (evaluate.glue.EvalResult + how it was batched)."""
+
+    WHERE = "evaluation"
 
     task: str
     split: str
@@ -127,17 +129,12 @@ class EvalSummary:
     batch_size: int | None = None  # examples per batch (None: an older run)
     batching: str | None = None  # why batch_size differs from evaluate.batch_size, when it does
 
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "evaluation") -> EvalSummary:
-        return _take(cls, d, where)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class ExportSummary:
+class ExportSummary(_Record):
     """export.onnx.ExportResult as recorded in metrics.json."""
+
+    WHERE = "export"
 
     task: str
     files: dict[str, str]
@@ -149,13 +146,6 @@ class ExportSummary:
     quantized_cosine: float | None = None
     notes: list[str] = field(default_factory=list)
 
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "export") -> ExportSummary:
-        return _take(cls, d, where)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @property
     def compared_output(self) -> str:
         """What parity compares: logits for a classifier, token embeddings otherwise."""
@@ -166,14 +156,17 @@ class ExportSummary:
 
 
 @dataclass
-class LatencySummary:
+class LatencySummary(_Record):
+    WHERE = "latency"
+
     batch: int
     seq: int
     runs: int
     models: dict[str, dict[str, float]]  # name -> {median_ms, p90_ms}
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = "latency") -> LatencySummary:
+    def from_dict(cls, d: Any, where: str | None = None) -> LatencySummary:
+        where = where or cls.WHERE
         if not isinstance(d, dict):
             raise MetricsError(f"metrics.json field '{where}' must be a JSON object")
         models = {k: v for k, v in d.items() if isinstance(v, dict)}
@@ -185,8 +178,10 @@ class LatencySummary:
 
 
 @dataclass
-class ReconstructSummary:
+class ReconstructSummary(_Record):
     """reconstruct.ReconstructResult as recorded in metrics.json (layers as dicts)."""
+
+    WHERE = "reconstruct"
 
     tokens: int
     ridge: float
@@ -195,10 +190,6 @@ class ReconstructSummary:
     layers: list[dict]
     error: str = ""
     sequences: int | None = None
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "reconstruct") -> ReconstructSummary:
-        return _take(cls, d, where)
 
     def to_dict(self) -> dict:
         return {"error": self.error, "tokens": self.tokens, "sequences": self.sequences, "ridge": self.ridge,
@@ -246,14 +237,12 @@ class RunMetrics:
 
     @classmethod
     def load(cls, path: str | Path) -> RunMetrics:
+        from .files import load_json
+
         p = Path(path)
         if not p.is_file():
             raise MetricsError(f"metrics file not found: {p}")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise MetricsError(f"metrics file {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(load_json(p, "metrics file", MetricsError))
 
     def to_dict(self) -> dict:
         out: dict = {
