@@ -31,12 +31,14 @@ def _lowest_first(scores: list[np.ndarray]) -> np.ndarray:
     return np.stack([layer[order], index[order]], 1)
 
 
+def _lowest(values: np.ndarray, k: int) -> list[int]:
+    """The k lowest-valued indices of one layer, sorted (ties by position)."""
+    return sorted(np.lexsort((np.arange(len(values)), np.asarray(values, dtype=np.float64)))[:k].tolist())
+
+
 def _take_lowest(scores: list[np.ndarray], counts: list[int]) -> dict[int, list[int]]:
-    out = {}
-    for i, (s, k) in enumerate(zip(scores, counts, strict=True)):
-        if k > 0:
-            out[i] = sorted(np.lexsort((np.arange(len(s)), np.asarray(s, dtype=np.float64)))[:k].tolist())
-    return out
+    """Layer -> its counts[layer] lowest units (layers with none left out)."""
+    return {i: _lowest(s, k) for i, (s, k) in enumerate(zip(scores, counts, strict=True)) if k > 0}
 
 
 def _take_global(scores: list[np.ndarray], total: int, floor: int) -> dict[int, list[int]]:
@@ -455,11 +457,6 @@ ALLOCATION_EXPONENTS = (2.0, 3.0)
 PROBE_SHARE = 0.5
 
 
-def _lowest(values: np.ndarray, m: int) -> list[int]:
-    """The m lowest-valued indices (ties by position)."""
-    return sorted(np.lexsort((np.arange(len(values)), values))[:m].tolist())
-
-
 def _probe_layers(layout, hv, nv, fh_l, fn_l, evaluate) -> dict:
     """Measured sensitivity of every (layer, kind): the calibration loss with the
     scorer's lowest PROBE_SHARE of that layer's removable units masked, minus the loss
@@ -506,7 +503,7 @@ def _allocate(layout, hv, nv, fh_l, fn_l, budget, ch, cn, probes, exponent):
         cost_of.append(np.full(removable, cost, dtype=np.float64))
     full = ch * sum(layout.heads_per_layer) + cn * sum(layout.ffn_per_layer)
     need = full - budget
-    take = {g: 0 for g in range(len(groups))}
+    take = np.zeros(len(groups), dtype=np.int64)  # units removed per group
     if marg and need > 1e-9:
         marg_a, gid_a, cost_a = np.concatenate(marg), np.concatenate(gid), np.concatenate(cost_of)
         order = np.lexsort((gid_a, marg_a))  # within a group marginals rise, so this takes prefixes
@@ -523,12 +520,6 @@ def _allocate(layout, hv, nv, fh_l, fn_l, budget, ch, cn, probes, exponent):
                 break
             keep_back[j] = True
             slack -= cn
-        for g in gid_a[chosen[~keep_back]].tolist():
-            take[g] += 1
-    heads: dict[int, list[int]] = {}
-    neurons: dict[int, list[int]] = {}
-    for g, (kind, layer, *_rest) in enumerate(groups):
-        if take[g]:
-            v = (hv if kind == "heads" else nv)[layer]
-            (heads if kind == "heads" else neurons)[layer] = _lowest(v, take[g])
-    return heads, neurons
+        take = np.bincount(gid_a[chosen[~keep_back]], minlength=len(groups))
+    # groups are the layers' heads, then the layers' neurons, in order
+    return _take_lowest(hv, take[:len(hv)].tolist()), _take_lowest(nv, take[len(hv):].tolist())
