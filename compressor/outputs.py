@@ -81,12 +81,18 @@ def _check_parent(final: Path, kind: str) -> None:
         raise CompressorError(f"output {kind} {final}: no permission to write in {anc}")
 
 
+def _read_marker(path: Path) -> dict:
+    """A marker file's content, or {} when it is missing or not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def is_ours(folder: Path) -> bool:
     """True when ``folder`` carries the marker compressor writes into every output folder."""
-    try:
-        return (folder / MARKER).is_file() and json.loads((folder / MARKER).read_text()).get("tool") == "compressor"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return _read_marker(folder / MARKER).get("tool") == "compressor"
 
 
 def check_output(final: Path, overwrite: bool, protect: Iterable[Path] = (), inputs: Iterable[Path] = ()) -> None:
@@ -143,12 +149,8 @@ def _alive(pid: int) -> bool:
 
 
 def _owner(tmp: Path) -> dict:
-    for f in (tmp / MARKER, tmp / "x" / MARKER):  # a .tmp- folder, or a .old- folder holding the old output
-        try:
-            return json.loads(f.read_text())
-        except (OSError, ValueError):
-            continue
-    return {}
+    # a .tmp- folder, or a .old- folder holding the old output
+    return _read_marker(tmp / MARKER) or _read_marker(tmp / "x" / MARKER)
 
 
 def clean_stale(final: Path) -> list[Path]:
