@@ -43,18 +43,15 @@ def ablate_heads(model: nn.Module, heads: dict[int, list[int]], mode: str = "zer
         cols = torch.cat([torch.arange(h * d, (h + 1) * d) for h in sorted(hs)])  # [heads * d]
 
         if mode == "uniform":
-            if adapter.spec.qkv is not None:
-                width = adapter.num_heads(layer) * d
+            g = adapter.group_size(layer)
+            # a fused qkv's value segment: the last key/value heads * d outputs of [q | k | v]
+            v_from = sum(adapter.qkv_widths(layer)) if adapter.spec.qkv is not None else 0
 
-                def grab_v(module, args, out, layer=layer, width=width):
-                    state[("v", layer)] = out[..., 2 * width :]  # [batch, seq, width]
-            else:
-                g = adapter.group_size(layer)
-
-                def grab_v(module, args, out, layer=layer, g=g):
-                    # [batch, seq, kv_heads * d] -> each query head's value: its group's
-                    b, s, w = out.shape
-                    state[("v", layer)] = out.view(b, s, w // d, d).repeat_interleave(g, dim=2).reshape(b, s, w * g)
+            def grab_v(module, args, out, layer=layer, g=g, v_from=v_from):
+                # [batch, seq, kv_heads * d] -> each query head's value: its group's
+                v = out[..., v_from:]
+                b, s, w = v.shape
+                state[("v", layer)] = v.reshape(b, s, w // d, d).repeat_interleave(g, dim=2).reshape(b, s, w * g)
 
             handles.append(adapter.module(layer, "qkv" if adapter.spec.qkv else "value").register_forward_hook(grab_v))
 

@@ -98,12 +98,42 @@ class ArchSpec:
     # A classifier pools the last non-pad token, so its config needs a pad_token_id; a
     # model without one (GPT-2, LLaMA) gets its eos_token_id as the pad id.
     pad_token_from_eos: bool = False
+    # Fused FFN input: each ffn_in projection stacks this many blocks of the FFN's channels
+    # on its output axis and the model splits them with chunk(n) (ModernBERT's Wi and
+    # Phi-3's gate_up_proj: [first | second], n = 2), so channel j is rows j, j + F, ...
+    # (F the FFN size) and they go together. 1: one row per channel.
+    ffn_in_chunks: int = 1
+    # The keyword under which the attention core receives its input when it is not passed
+    # positionally (DistilBERT calls attention(query=x, key=x, value=x, ...)); the stand-in
+    # for an emptied core reads it there.
+    attn_input: str = "hidden_states"
+    # attributes of attn_core holding the number of key/value heads, which must follow a
+    # removal of whole groups (Phi-3's num_key_value_heads, read to split its fused qkv)
+    kv_heads_attrs: tuple[str, ...] = ()
+    # Attributes of the model config that the attention core reads at run time through its
+    # own ``config`` attribute, as (name, "heads" | "kv_heads") pairs (Phi-3 splits its
+    # fused qkv at config.num_attention_heads * head_dim). Surgery gives such a core a
+    # per-layer view of the config (``surgery.modules.ConfigView``) holding its own counts.
+    core_config_attrs: tuple[tuple[str, str], ...] = ()
+    # Config attributes that build the model's per-layer sizes, for a config that stock
+    # transformers loads when a pruned layout is uniform (every layer alike): the FFN
+    # size (BERT's intermediate_size, GPT-2's n_inner), the query heads, the key/value
+    # heads, the per-head width. ``config_heads`` is only rewritten when the config states
+    # the head width itself (``config_head_dim``: LLaMA's head_dim); BERT-style configs
+    # derive it as hidden_size / heads, so fewer heads would mean wider heads there.
+    config_ffn: str | None = None
+    config_heads: str | None = None
+    config_kv_heads: str | None = None
+    config_head_dim: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.ffn_in, str):
             object.__setattr__(self, "ffn_in", (self.ffn_in,))
-        if self.num_heads is None and self.query is None:
-            raise ValueError(f"{self.name}: num_heads=None needs a separate query projection to count heads")
+        if self.num_heads is None and self.query is None and (self.qkv is None or self.group_size is None):
+            raise ValueError(f"{self.name}: num_heads=None needs a separate query projection, or a fused qkv "
+                             "with a group_size attribute, to count heads")
+        if self.ffn_in_chunks < 1:
+            raise ValueError(f"{self.name}: ffn_in_chunks must be >= 1")
 
     def takes_input(self, name: str) -> bool:
         """Whether the model's forward (and its exported graph) takes this input, e.g.
@@ -209,8 +239,18 @@ class Adapter:
     def num_heads(self, layer: int) -> int:
         """Query heads of a layer."""
         if self.spec.num_heads is None:
+            if self.spec.query is None:
+                # fused [q | k | v] with groups: width (H + 2H/G) * d, so H = width * G / ((G + 2) * d)
+                g = self.group_size(layer)
+                return out_features(self.module(layer, "qkv")) * g // ((g + 2) * self.head_dim(layer))
             return out_features(self.module(layer, "query")) // self.head_dim(layer)
         return int(getattr(self.module(layer, "attn_core"), self.spec.num_heads))
+
+    def qkv_widths(self, layer: int) -> tuple[int, int]:
+        """(query width, key width = value width) of a layer's projections: heads * d and
+        key/value heads * d; a fused qkv is laid out [q | k | v] with these widths."""
+        d = self.head_dim(layer)
+        return self.num_heads(layer) * d, self.kv_heads(layer) * d
 
     def head_dim(self, layer: int) -> int:
         return int(getattr(self.module(layer, "attn_core"), self.spec.head_dim))
@@ -226,7 +266,16 @@ class Adapter:
         return self.num_heads(layer) // self.group_size(layer)
 
     def ffn_size(self, layer: int) -> int:
-        return out_features(self.modules(layer, "ffn_in")[0])
+        return out_features(self.modules(layer, "ffn_in")[0]) // self.spec.ffn_in_chunks
+
+    def ffn_rows(self, layer: int, neurons: torch.Tensor) -> torch.Tensor:
+        """Output rows of each ffn_in projection that hold these channels: the channels
+        themselves, or with a fused input (``ffn_in_chunks`` = n) j, j + F, ... j + (n-1)F."""
+        n = self.spec.ffn_in_chunks
+        if n == 1:
+            return neurons
+        f = self.ffn_size(layer)
+        return (torch.arange(n)[:, None] * f + neurons[None, :]).reshape(-1)  # [n * len(neurons)]
 
     def layout(self) -> Layout:
         n = len(self.layers)
@@ -236,8 +285,39 @@ class Adapter:
             head_dim=self.head_dim(0),
             hidden_size=int(self.model.config.hidden_size),
             group_size=self.group_size(0),
-            ffn_inputs=len(self.spec.ffn_in),
+            ffn_inputs=len(self.spec.ffn_in) * self.spec.ffn_in_chunks,
         )
+
+    def check(self) -> None:
+        """Every module the spec names exists in layer 0 of this model, so an adapter that
+        does not fit (an unexpected class, a renamed module) fails here with the path it
+        looked for, not later inside surgery or a hook."""
+        layers = self.spec.layers
+        try:
+            stack = self.layers
+        except AttributeError:
+            raise ModelLoadError(f"{self.spec.name} adapter: no layer list at '{layers}' in "
+                                 f"{type(self.model.base_model).__name__}") from None
+        if not isinstance(stack, nn.ModuleList) or len(stack) == 0:
+            raise ModelLoadError(f"{self.spec.name} adapter: '{layers}' in {type(self.model.base_model).__name__} "
+                                 "is not a non-empty list of layers")
+        what = {"attn_core": "attention module", "attn_out": "attention output projection",
+                "query": "query projection", "key": "key projection", "value": "value projection",
+                "qkv": "fused qkv projection", "ffn_in": "FFN input projection", "ffn_out": "FFN output projection"}
+        for role, name in what.items():
+            if getattr(self.spec, role) is None:
+                continue
+            for path in self._paths(role):
+                try:
+                    stack[0].get_submodule(path)
+                except AttributeError:
+                    raise ModelLoadError(f"{self.spec.name} adapter: no {name} found at '{layers}.0.{path}' in "
+                                         f"{type(stack[0]).__name__}") from None
+        core = stack[0].get_submodule(self.spec.attn_core)
+        for attr in (self.spec.num_heads, self.spec.head_dim, self.spec.group_size):
+            if attr is not None and not hasattr(core, attr):
+                raise ModelLoadError(f"{self.spec.name} adapter: the attention module '{layers}.0.{self.spec.attn_core}' "
+                                     f"({type(core).__name__}) has no '{attr}' attribute")
 
 
 def set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
@@ -265,12 +345,17 @@ def spec_for(model_type: str | None) -> ArchSpec:
         if model_type in spec.model_types:
             return spec
     raise ModelLoadError(
-        f"unsupported architecture '{model_type}'; supported: {', '.join(ARCHITECTURES.names())}"
+        f"unsupported architecture '{model_type}'; supported: {', '.join(ARCHITECTURES.names())} "
+        f"(no ArchSpec in compressor/arch/ declares model_type '{model_type}'; adding one: README, \"Adding a family\")"
     )
 
 
 def adapter_for(model: nn.Module) -> Adapter:
-    return Adapter(model, spec_for(getattr(model.config, "model_type", None)))
+    """The model's adapter, checked against the model: a module the spec names but the
+    model lacks fails here, naming the path (``Adapter.check``)."""
+    adapter = Adapter(model, spec_for(getattr(model.config, "model_type", None)))
+    adapter.check()
+    return adapter
 
 
 def max_positions(config) -> int | None:

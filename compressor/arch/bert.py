@@ -26,5 +26,6 @@ BERT = register(
         empty_ffn_returns="bias",
         norm="layernorm",
         ort_model_type="bert",
+        config_ffn="intermediate_size",
     )
 )

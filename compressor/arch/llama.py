@@ -31,5 +31,11 @@ LLAMA = register(
         onnx_inputs=("input_ids", "attention_mask", "position_ids"),
         ort_model_type=None,
         pad_token_from_eos=True,
+        # the config states the head width (head_dim; read with getattr by Llama, Mistral,
+        # Qwen2 and Qwen3), so a uniform pruned layout is a stock config
+        config_ffn="intermediate_size",
+        config_heads="num_attention_heads",
+        config_kv_heads="num_key_value_heads",
+        config_head_dim="head_dim",
     )
 )

@@ -15,7 +15,8 @@ class MagnitudeScorer(Scorer):
     Head h: its rows of q, k and v (or of the fused qkv) and its input columns of the
     out projection; with head groups (GQA) the shared key/value rows count 1/G towards
     each of the group's G query heads. Neuron j: row j (with its bias) of every ffn_in
-    projection (a gated FFN's gate and up) and ffn_out's column j.
+    projection (a gated FFN's gate and up; rows j and j + F of a fused gate/up) and
+    ffn_out's column j.
     """
 
     name = "magnitude"
@@ -26,22 +27,26 @@ class MagnitudeScorer(Scorer):
         for i in range(layout.num_layers):
             n, d, g = a.num_heads(i), a.head_dim(i), a.group_size(i)
             if a.spec.qkv is not None:
-                w = weight_out_in(a.module(i, "qkv"))  # [3 * n * d, hidden]
-                sq = w.pow(2).sum(1).view(3, n, d).sum((0, 2))  # [n]
+                rows = weight_out_in(a.module(i, "qkv")).pow(2).sum(1)  # [(n + 2n/G) * d]: [q | k | v]
+                qw, kvw = a.qkv_widths(i)
+                q_sq, k_sq, v_sq = rows[:qw], rows[qw : qw + kvw], rows[qw + kvw :]
             else:
-                sq = weight_out_in(a.module(i, "query")).pow(2).sum(1).view(n, d).sum(1)  # [n]
-                kv = sum(weight_out_in(a.module(i, r)).pow(2).sum(1).view(n // g, d).sum(1)
-                         for r in ("key", "value"))  # [groups]
-                sq = sq + (kv / g).repeat_interleave(g)  # [n]: each query head's share of its group's k/v
+                q_sq = weight_out_in(a.module(i, "query")).pow(2).sum(1)  # [n * d]
+                k_sq, v_sq = (weight_out_in(a.module(i, r)).pow(2).sum(1) for r in ("key", "value"))  # [n/G * d]
+            sq = q_sq.view(n, d).sum(1)  # [n]
+            kv = (k_sq + v_sq).view(n // g, d).sum(1)  # [groups]
+            sq = sq + (kv / g).repeat_interleave(g)  # [n]: each query head's share of its group's k/v
             out = weight_out_in(a.module(i, "attn_out"))  # [hidden, n * d]
             sq = sq + out.pow(2).sum(0).view(n, d).sum(1)
             heads.append(tuple(sq.sqrt().tolist()))
 
             sq = weight_out_in(a.module(i, "ffn_out")).pow(2).sum(0)  # [neurons]
+            f = sq.shape[0]
             for proj in a.modules(i, "ffn_in"):
-                sq = sq + weight_out_in(proj).pow(2).sum(1)
+                row = weight_out_in(proj).pow(2).sum(1)  # [chunks * neurons]: a fused gate/up has rows j and j + F
                 if proj.bias is not None:
-                    sq = sq + proj.bias.detach().pow(2)
+                    row = row + proj.bias.detach().pow(2)
+                sq = sq + row.view(-1, f).sum(0)
             neurons.append(sq.sqrt().double().numpy())
         return Scores(HeadScores(self.name, tuple(heads)), NeuronScores(self.name, tuple(neurons)))
 

@@ -82,7 +82,7 @@ class EmptyAttention(nn.Module):
     """
 
     def __init__(self, original: nn.Module, returns: str, attrs: dict[str, int], attn_out_name: str | None,
-                 always_maps: bool = False):
+                 always_maps: bool = False, input_name: str = "hidden_states"):
         nn.Module.__init__(self)  # not super(): in a subclass of the original's class, its __init__ is next
         for name, child in original.named_children():
             self.add_module(name, child)
@@ -91,9 +91,12 @@ class EmptyAttention(nn.Module):
         self.returns = returns
         self.attn_out_name = attn_out_name
         self.always_maps = always_maps
+        self.input_name = input_name
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        batch, seq, _ = hidden_states.shape
+    def forward(self, *args, **kwargs):
+        # the input comes first, or by keyword (DistilBERT: query=x)
+        hidden_states = args[0] if args else kwargs[self.input_name]
+        batch, seq, _ = hidden_states.shape  # [batch, seq, hidden]
         context = hidden_states.new_zeros(batch, seq, 0)  # [batch, seq, 0]
         if self.returns == "projection":
             out = getattr(self, self.attn_out_name)(context)  # [batch, seq, hidden]: the bias
@@ -106,17 +109,17 @@ class EmptyAttention(nn.Module):
 
 
 def empty_attention(original: nn.Module, returns: str, attrs: dict[str, int], attn_out_name: str | None,
-                    as_original_class: bool = False) -> EmptyAttention:
+                    as_original_class: bool = False, input_name: str = "hidden_states") -> EmptyAttention:
     """An ``EmptyAttention`` for ``original``; with ``as_original_class`` it is also an
     instance of the original's class (EmptyAttention first in the MRO, so its forward
     runs), so transformers' class-based output recorders still see one attention per layer."""
     if not as_original_class:
-        return EmptyAttention(original, returns, attrs, attn_out_name)
+        return EmptyAttention(original, returns, attrs, attn_out_name, input_name=input_name)
     cls = _EMPTY_CLASSES.get(type(original))
     if cls is None:
         cls = type(f"Empty{type(original).__name__}", (EmptyAttention, type(original)), {})
         _EMPTY_CLASSES[type(original)] = cls
-    empty = cls(original, returns, attrs, attn_out_name, always_maps=True)
+    empty = cls(original, returns, attrs, attn_out_name, always_maps=True, input_name=input_name)
     # the original class's plain attributes (config, layer_idx, ...), which code that
     # walks modules of that class may read; the head bookkeeping in attrs wins
     for name, value in vars(original).items():
@@ -126,3 +129,41 @@ def empty_attention(original: nn.Module, returns: str, attrs: dict[str, int], at
 
 
 _EMPTY_CLASSES: dict[type, type] = {}
+
+
+class ConfigView:
+    """A model config with some attributes overridden for one module.
+
+    Phi-3's attention reads its head count from the config shared by every layer
+    (config.num_attention_heads) at run time, so a layer with its own head count needs
+    its own value there. Every other attribute (``_attn_implementation`` included) is
+    read from the shared config live, so switching the model's attention implementation
+    reaches this layer too. ``copy.deepcopy`` of the model keeps the view on the copy's
+    config (one memo for the whole model); save_pretrained writes the model's config,
+    never a view.
+    """
+
+    def __init__(self, base, **overrides) -> None:
+        if isinstance(base, ConfigView):  # a second surgery: one view over the shared config
+            overrides = {**base.__dict__["_overrides"], **overrides}
+            base = base.__dict__["_base"]
+        self.__dict__["_base"] = base
+        self.__dict__["_overrides"] = dict(overrides)
+
+    def __getattr__(self, name: str):
+        # only reached for names not in __dict__; dunder lookups (copy, pickle) must fail
+        d = self.__dict__
+        if name.startswith("__") or "_base" not in d:
+            raise AttributeError(name)
+        if name in d["_overrides"]:
+            return d["_overrides"][name]
+        return getattr(d["_base"], name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self.__dict__["_overrides"]:
+            self.__dict__["_overrides"][name] = value
+        else:
+            setattr(self.__dict__["_base"], name, value)
+
+    def __repr__(self) -> str:
+        return f"ConfigView({type(self.__dict__['_base']).__name__}, {self.__dict__['_overrides']})"

@@ -2,7 +2,9 @@
 
 Removing head h of a layer drops its slice [h*d, (h+1)*d) from the q/k/v outputs and
 from the out projection's inputs; removing neuron j drops output j of every ffn_in
-projection (a gated FFN's gate and up) and ffn_out's input j. Both are exact: the result
+projection (a gated FFN's gate and up; rows j and j + F of a fused gate/up projection) and
+ffn_out's input j. A fused qkv projection loses the head's rows in each of its q, k and v
+segments (k and v narrower than q with head groups). Both are exact: the result
 equals the original with those heads' contexts (or those neurons' activations)
 multiplied by zero.
 
@@ -22,7 +24,7 @@ from torch import nn
 
 from ..arch.base import Adapter, adapter_for, is_conv1d
 from ..types import PruningPlan
-from .modules import EmptyAttention, empty_attention, slice_projection
+from .modules import ConfigView, EmptyAttention, empty_attention, slice_projection
 
 
 def _head_feature_index(keep_heads: list[int], head_dim: int) -> torch.Tensor:
@@ -44,8 +46,9 @@ def remove_heads(adapter: Adapter, layer: int, heads: Iterable[int]) -> None:
     # key/value heads kept: the groups of the kept query heads (whole groups, validated)
     kv_index = _head_feature_index(sorted({h // group for h in keep}), head_dim)
     if spec.qkv is not None:
-        width = n_heads * head_dim
-        qkv_index = torch.cat([index, index + width, index + 2 * width])  # [3 * kept * d]
+        # [q | k | v] on the output axis: q is heads * d wide, k and v key/value heads * d each
+        q_width, kv_width = adapter.qkv_widths(layer)
+        qkv_index = torch.cat([index, q_width + kv_index, q_width + kv_width + kv_index])  # [(kept + 2 kept/G) * d]
         adapter.set_module(layer, "qkv", slice_projection(adapter.module(layer, "qkv"), qkv_index, "out"))
     else:
         for role, idx in (("query", index), ("key", kv_index), ("value", kv_index)):
@@ -53,11 +56,17 @@ def remove_heads(adapter: Adapter, layer: int, heads: Iterable[int]) -> None:
     adapter.set_module(layer, "attn_out", slice_projection(adapter.module(layer, "attn_out"), index, "in"))
 
     core = adapter.module(layer, "attn_core")
+    kv_kept = len(keep) // group
     attrs = {a: len(keep) * head_dim for a in spec.width_attrs}
     if spec.num_heads is not None:
         attrs[spec.num_heads] = len(keep)
+    attrs.update({a: kv_kept for a in spec.kv_heads_attrs})
     for name, value in attrs.items():
         setattr(core, name, value)
+    if spec.core_config_attrs:
+        # the core reads head counts from its config: give it a view with this layer's own
+        counts = {"heads": len(keep), "kv_heads": kv_kept}
+        core.config = ConfigView(core.config, **{name: counts[kind] for name, kind in spec.core_config_attrs})
     if not keep and not isinstance(core, EmptyAttention):
         attn_out_name = None
         if spec.empty_attention_returns == "projection":
@@ -67,7 +76,7 @@ def remove_heads(adapter: Adapter, layer: int, heads: Iterable[int]) -> None:
         if spec.group_size is not None:
             attrs[spec.group_size] = group
         empty = empty_attention(core, spec.empty_attention_returns, attrs, attn_out_name,
-                                as_original_class=spec.attention_maps_by_class)
+                                as_original_class=spec.attention_maps_by_class, input_name=spec.attn_input)
         empty.train(core.training)
         adapter.set_module(layer, "attn_core", empty)
 
@@ -78,8 +87,9 @@ def remove_neurons(adapter: Adapter, layer: int, neurons: Iterable[int]) -> None
         return
     size = adapter.ffn_size(layer)
     index = torch.tensor([j for j in range(size) if j not in remove], dtype=torch.long)
+    rows = adapter.ffn_rows(layer, index)  # a fused gate/up keeps rows j and j + F together
     for i, proj in enumerate(adapter.modules(layer, "ffn_in")):  # gate and up together
-        adapter.set_module(layer, "ffn_in", slice_projection(proj, index, "out"), index=i)
+        adapter.set_module(layer, "ffn_in", slice_projection(proj, rows, "out"), index=i)
     adapter.set_module(layer, "ffn_out", slice_projection(adapter.module(layer, "ffn_out"), index, "in"))
 
 
