@@ -164,17 +164,36 @@ def shape_to_layout(model: nn.Module, layout: Layout) -> None:
 
 
 def save_model(model: nn.Module, folder: str | Path, tokenizer=None) -> None:
-    """Save weights (safetensors) and a config.json that records the per-layer layout."""
+    """Save weights (safetensors) and a config.json that records the per-layer layout.
+
+    When the layout is uniform and the architecture's config can state it (``ArchSpec.
+    stock_config``: every layer with the same heads and FFN size; heads only where the
+    config names the head width), config.json also carries those sizes, so stock
+    ``AutoModel.from_pretrained`` loads the folder too; ``compressor_layout`` is written
+    either way. The in-memory model's config keeps its values."""
     from .finite import check_finite
 
     folder = Path(folder)
     check_finite(model, "the model to save")  # before anything is written
-    layout = adapter_for(model).layout()
+    adapter = adapter_for(model)
+    layout = adapter.layout()
     setattr(model.config, LAYOUT_KEY, layout.to_json())
-    with quiet_transformers():  # transformers 5: a "Writing model shards" bar
-        model.save_pretrained(folder, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(folder)
+    stock = adapter.spec.stock_config(layout, model.config) or {}
+    absent = object()
+    before = {k: getattr(model.config, k, absent) for k in stock}
+    try:
+        for k, v in stock.items():  # only for writing: restored below
+            setattr(model.config, k, v)
+        with quiet_transformers():  # transformers 5: a "Writing model shards" bar
+            model.save_pretrained(folder, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(folder)
+    finally:
+        for k, v in before.items():
+            if v is absent:  # e.g. Phi-3's head_dim, which its code reads with getattr
+                delattr(model.config, k)
+            else:
+                setattr(model.config, k, v)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",

@@ -120,7 +120,8 @@ class ArchSpec:
     # size (BERT's intermediate_size, GPT-2's n_inner), the query heads, the key/value
     # heads, the per-head width. ``config_heads`` is only rewritten when the config states
     # the head width itself (``config_head_dim``: LLaMA's head_dim); BERT-style configs
-    # derive it as hidden_size / heads, so fewer heads would mean wider heads there.
+    # derive it as hidden_size / heads, so fewer heads would mean wider heads there, and
+    # such a layout is stock-loadable only with its heads unpruned (see ``stock_config``).
     config_ffn: str | None = None
     config_heads: str | None = None
     config_kv_heads: str | None = None
@@ -134,6 +135,26 @@ class ArchSpec:
                              "with a group_size attribute, to count heads")
         if self.ffn_in_chunks < 1:
             raise ValueError(f"{self.name}: ffn_in_chunks must be >= 1")
+
+    def stock_config(self, layout: "Layout", config) -> dict | None:
+        """Config values with which stock transformers builds exactly this layout (so a
+        plain ``from_pretrained`` loads the pruned weights), or None when none exist: the
+        layout differs between layers, a layer has no heads or no FFN, or the head count
+        changed in a config that derives the head width from it."""
+        heads, ffn = set(layout.heads_per_layer), set(layout.ffn_per_layer)
+        if len(heads) != 1 or len(ffn) != 1 or 0 in heads or 0 in ffn or self.config_ffn is None \
+                or self.config_heads is None:
+            return None
+        (h,), (f,) = heads, ffn
+        values = {self.config_ffn: f}
+        if self.config_head_dim is not None:
+            values[self.config_head_dim] = layout.head_dim
+            values[self.config_heads] = h
+            if self.config_kv_heads is not None:
+                values[self.config_kv_heads] = h // layout.group_size
+        elif getattr(config, self.config_heads, None) != h:
+            return None  # fewer heads here would mean wider heads (head width = hidden / heads)
+        return values
 
     def takes_input(self, name: str) -> bool:
         """Whether the model's forward (and its exported graph) takes this input, e.g.

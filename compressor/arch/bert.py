@@ -27,5 +27,6 @@ BERT = register(
         norm="layernorm",
         ort_model_type="bert",
         config_ffn="intermediate_size",
+        config_heads="num_attention_heads",
     )
 )

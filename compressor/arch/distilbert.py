@@ -32,5 +32,6 @@ DISTILBERT = register(
         ffn_residual_sum="output_layer_norm",
         onnx_inputs=("input_ids", "attention_mask"),
         config_ffn="hidden_dim",
+        config_heads="n_heads",
     )
 )

@@ -27,5 +27,6 @@ GPT2 = register(
         ort_model_type="gpt2",
         pad_token_from_eos=True,
         config_ffn="n_inner",
+        config_heads="n_head",
     )
 )

@@ -31,5 +31,6 @@ MODERNBERT = register(
         onnx_inputs=("input_ids", "attention_mask"),
         ort_model_type="bert",
         config_ffn="intermediate_size",
+        config_heads="num_attention_heads",
     )
 )
