@@ -198,37 +198,41 @@ def _llama():
                                         attn_implementation="eager")).eval()
 
 
-def _bert():
+def _conftest_model(kind: str):
     from tests.conftest import tiny_model
 
-    return tiny_model("bert")
+    return tiny_model(kind)
 
 
-# uniform layouts: every layer keeps the same heads and FFN size
-UNIFORM_FFN = PruningPlan.build(neurons={i: range(0, FFN, 3) for i in range(LAYERS)})
-UNIFORM_HEADS = PruningPlan.build(heads={i: [0, 1] for i in range(LAYERS)}, neurons={i: range(0, FFN, 3) for i in range(LAYERS)})
+def uniform_plans(layout) -> dict[str, PruningPlan]:
+    """Every layer loses the same units: every third FFN neuron; and heads 0, 1 as well."""
+    n = layout.num_layers
+    ffn = {i: range(0, f, 3) for i, f in enumerate(layout.ffn_per_layer)}
+    return {"ffn": PruningPlan.build(neurons=ffn),
+            "heads": PruningPlan.build(heads={i: [0, 1] for i in range(n)}, neurons=ffn)}
 
 
-@pytest.mark.parametrize("kind", FAMILIES + ["bert", "llama"])
+@pytest.mark.parametrize("kind", FAMILIES + ["bert", "gpt2", "llama"])
 def test_uniform_layouts_load_with_stock_transformers(kind, tmp_path):
     """A uniform FFN cut is a stock config everywhere; uniform head cuts only where the
     config states the head width (Phi-3, LLaMA), since BERT-style configs derive it from
     the head count. Either way compressor_layout is written and load_model reads it."""
-    model = {"bert": _bert, "llama": _llama}.get(kind, lambda: MODELS[kind])()
+    model = _llama() if kind == "llama" else _conftest_model(kind) if kind in ("bert", "gpt2") else MODELS[kind]
     spec = adapter_for(model).spec
     stock_heads = spec.config_head_dim is not None
     ids, mask = inputs()
-    for name, plan in (("ffn", UNIFORM_FFN if kind != "bert" else PruningPlan.build(neurons={i: [0, 1] for i in range(3)})),
-                       ("heads", UNIFORM_HEADS if kind != "bert" else PruningPlan.build(heads={i: [0, 1] for i in range(3)}))):
+    for name, plan in uniform_plans(adapter_for(model).layout()).items():
         pruned = apply_plan(model, plan)
-        before = pruned.config.to_dict()
+        sizes = [a for a in (spec.config_ffn, spec.config_heads, spec.config_kv_heads, spec.config_head_dim) if a]
+        before = {a: getattr(pruned.config, a, None) for a in sizes}
         save_model(pruned, tmp_path / name)
-        assert pruned.config.to_dict() == before  # the in-memory config keeps its values
+        assert {a: getattr(pruned.config, a, None) for a in sizes} == before  # the in-memory config keeps its values
         config = json.loads((tmp_path / name / "config.json").read_text())
         assert "compressor_layout" in config
         ref = real(run(pruned, ids, mask), mask)
         assert (real(run(load_model(str(tmp_path / name)), ids, mask), mask) - ref).abs().max() <= ATOL
         if name == "ffn" or stock_heads:
+            assert config[spec.config_ffn] == adapter_for(pruned).layout().ffn_per_layer[0]
             stock = _stock_load(tmp_path / name)
             assert adapter_for(stock).layout() == adapter_for(pruned).layout()
             assert (real(run(stock, ids, mask), mask) - ref).abs().max() <= ATOL

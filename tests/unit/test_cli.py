@@ -111,15 +111,17 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tmp_path, tiny_bert_dir
 
 
 def test_unsupported_architecture(tmp_path):
-    from transformers import DistilBertConfig, DistilBertModel
+    from transformers import AlbertConfig, AlbertModel
 
-    folder = tmp_path / "distil"
-    DistilBertModel(DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=2, hidden_dim=37)).save_pretrained(folder)
+    folder = tmp_path / "albert"
+    AlbertModel(AlbertConfig(vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=37)).save_pretrained(folder)
     res = CliRunner().invoke(main, ["prune", "--model", str(folder), "--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "o")])
     assert res.exit_code == 2
     (tmp_path / "p.json").write_text(json.dumps({"format": "compressor.plan/1"}))
     res = CliRunner().invoke(main, ["prune", "--model", str(folder), "--plan", str(tmp_path / "p.json"), "--output", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "unsupported architecture 'distilbert'; supported: bert, gpt2, llama, mistral, qwen2, qwen3, roberta" in res.output
+    assert res.exit_code == 2 and ("unsupported architecture 'albert'; supported: bert, distilbert, electra, gpt2, llama, mistral, "
+                                   "modernbert, phi3, qwen2, qwen3, roberta") in res.output
     assert not (tmp_path / "o").exists()
 
 
