@@ -352,3 +352,21 @@ def test_adapter_that_does_not_fit_names_the_missing_module():
     del model.transformer.layer[0].attention
     with pytest.raises(ModelLoadError, match="no attention module found at 'transformer.layer.0.attention'"):
         adapter_for(model)
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "electra", "xlm-roberta"])
+def test_reconstruct_refits_post_norm_families(kind):
+    """These families declare where each sublayer's residual sum is read (DistilBERT:
+    sa_layer_norm / output_layer_norm), so the reconstruct stage runs on them and never
+    makes a layer worse."""
+    from compressor.data.calibration import Batch
+    from compressor.reconstruct import reconstruct
+    from compressor.recipe import ReconstructConfig
+
+    original = MODELS[kind]
+    pruned = apply_plan(original, PLANS["uneven"])
+    batches = [Batch(*inputs(seed, batch_size=8, seq=12)) for seed in range(4)]
+    res = reconstruct(pruned, original, adapter_for(pruned), adapter_for(original), batches, ReconstructConfig(),
+                      progress=False)
+    assert all(lf.error_reconstructed <= lf.error_surgery + 1e-9 for lf in res.layers)
+    assert sum(lf.error_reconstructed for lf in res.layers) < sum(lf.error_surgery for lf in res.layers)
