@@ -47,7 +47,7 @@ def ablate_heads(model: nn.Module, heads: dict[int, list[int]], mode: str = "zer
             # a fused qkv's value segment: the last key/value heads * d outputs of [q | k | v]
             v_from = sum(adapter.qkv_widths(layer)) if adapter.spec.qkv is not None else 0
 
-            def grab_v(module, args, out, layer=layer, g=g, v_from=v_from):
+            def grab_v(module, args, out, layer=layer, g=g, v_from=v_from, d=d):
                 # [batch, seq, kv_heads * d] -> each query head's value: its group's
                 v = out[..., v_from:]
                 b, s, w = v.shape

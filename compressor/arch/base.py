@@ -136,7 +136,7 @@ class ArchSpec:
         if self.ffn_in_chunks < 1:
             raise ValueError(f"{self.name}: ffn_in_chunks must be >= 1")
 
-    def stock_config(self, layout: "Layout", config) -> dict | None:
+    def stock_config(self, layout: Layout, config) -> dict | None:
         """Config values with which stock transformers builds exactly this layout (so a
         plain ``from_pretrained`` loads the pruned weights), or None when none exist: the
         layout differs between layers, a layer has no heads or no FFN, or the head count

@@ -32,7 +32,7 @@ ATOL = 1e-5
 def family_model(kind: str, seed: int = 0):
     import transformers as T
 
-    common = dict(vocab_size=VOCAB, max_position_embeddings=64, attn_implementation="eager")
+    common = {"vocab_size": VOCAB, "max_position_embeddings": 64, "attn_implementation": "eager"}
     if kind == "distilbert":
         m = T.DistilBertModel(T.DistilBertConfig(dim=32, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN, **common))
     elif kind == "electra":  # the discriminator with a sequence-classification head; embeddings narrower than hidden
@@ -360,8 +360,8 @@ def test_reconstruct_refits_post_norm_families(kind):
     sa_layer_norm / output_layer_norm), so the reconstruct stage runs on them and never
     makes a layer worse."""
     from compressor.data.calibration import Batch
-    from compressor.reconstruct import reconstruct
     from compressor.recipe import ReconstructConfig
+    from compressor.reconstruct import reconstruct
 
     original = MODELS[kind]
     pruned = apply_plan(original, PLANS["uneven"])
