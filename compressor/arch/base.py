@@ -51,6 +51,8 @@ class ArchSpec:
     ffn_out: str
     # attribute of attn_core holding the number of (query) heads; None: the core has no
     # such attribute (LLaMA), and the count is the query projection's width / head_dim
+    # (of a fused qkv: its width * G / ((G + 2) * head_dim)); the same when a named
+    # attribute is absent on the instance (transformers 5's ModernBERT)
     num_heads: str | None
     head_dim: str  # attribute of attn_core: features per head
     # attributes of attn_core that hold heads * head_dim and must follow the head count
@@ -130,9 +132,8 @@ class ArchSpec:
     def __post_init__(self) -> None:
         if isinstance(self.ffn_in, str):
             object.__setattr__(self, "ffn_in", (self.ffn_in,))
-        if self.num_heads is None and self.query is None and (self.qkv is None or self.group_size is None):
-            raise ValueError(f"{self.name}: num_heads=None needs a separate query projection, or a fused qkv "
-                             "with a group_size attribute, to count heads")
+        if self.num_heads is None and self.query is None and self.qkv is None:
+            raise ValueError(f"{self.name}: num_heads=None needs a query or fused qkv projection to count heads")
         if self.ffn_in_chunks < 1:
             raise ValueError(f"{self.name}: ffn_in_chunks must be >= 1")
 
@@ -259,13 +260,15 @@ class Adapter:
     # -- sizes -----------------------------------------------------------------------
     def num_heads(self, layer: int) -> int:
         """Query heads of a layer."""
-        if self.spec.num_heads is None:
+        core = self.module(layer, "attn_core")
+        if self.spec.num_heads is None or not hasattr(core, self.spec.num_heads):
+            # no head-count attribute (LLaMA; transformers 5's ModernBERT): count the query width
             if self.spec.query is None:
                 # fused [q | k | v] with groups: width (H + 2H/G) * d, so H = width * G / ((G + 2) * d)
                 g = self.group_size(layer)
                 return out_features(self.module(layer, "qkv")) * g // ((g + 2) * self.head_dim(layer))
             return out_features(self.module(layer, "query")) // self.head_dim(layer)
-        return int(getattr(self.module(layer, "attn_core"), self.spec.num_heads))
+        return int(getattr(core, self.spec.num_heads))
 
     def qkv_widths(self, layer: int) -> tuple[int, int]:
         """(query width, key width = value width) of a layer's projections: heads * d and
@@ -335,7 +338,8 @@ class Adapter:
                     raise ModelLoadError(f"{self.spec.name} adapter: no {name} found at '{layers}.0.{path}' in "
                                          f"{type(stack[0]).__name__}") from None
         core = stack[0].get_submodule(self.spec.attn_core)
-        for attr in (self.spec.num_heads, self.spec.head_dim, self.spec.group_size):
+        # (a missing num_heads attribute is counted from the projection widths instead)
+        for attr in (self.spec.head_dim, self.spec.group_size):
             if attr is not None and not hasattr(core, attr):
                 raise ModelLoadError(f"{self.spec.name} adapter: the attention module '{layers}.0.{self.spec.attn_core}' "
                                      f"({type(core).__name__}) has no '{attr}' attribute")

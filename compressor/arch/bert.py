@@ -19,6 +19,7 @@ BERT = register(
         head_dim="attention_head_size",
         width_attrs=("all_head_size",),
         summary_token="first",
+        attention_maps_by_class=True,  # transformers 5 records attention maps by class hooks
         empty_attention_returns="context",
         attn_residual_sum="attention.output.LayerNorm",
         ffn_residual_sum="output.LayerNorm",

@@ -25,6 +25,7 @@ MODERNBERT = register(
         head_dim="head_dim",
         width_attrs=("all_head_size",),
         summary_token="first",
+        attention_maps_by_class=True,  # transformers 5 records attention maps by class hooks
         empty_attention_returns="projection",
         empty_ffn_returns="zeros",
         norm="layernorm",
