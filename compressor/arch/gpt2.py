@@ -26,5 +26,6 @@ GPT2 = register(
         norm="layernorm",
         ort_model_type="gpt2",
         pad_token_from_eos=True,
+        kv_cache="per_layer_bhsd",
     )
 )

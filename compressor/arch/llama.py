@@ -31,5 +31,6 @@ LLAMA = register(
         onnx_inputs=("input_ids", "attention_mask", "position_ids"),
         ort_model_type=None,
         pad_token_from_eos=True,
+        kv_cache="per_layer_bhsd",
     )
 )
