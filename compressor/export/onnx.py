@@ -306,6 +306,7 @@ def explicit_head_counts(path: Path) -> int:
         return None
 
     changed = 0
+    replaced: set[str] = set()
     for node in graph.node:
         if node.op_type != "Reshape":
             continue
@@ -320,9 +321,15 @@ def explicit_head_counts(path: Path) -> int:
             continue
         name = f"{concat.name or concat.output[0]}/num_heads"
         graph.initializer.append(numpy_helper.from_array(np.array([w // d], dtype=np.int64), name))
+        replaced.add(concat.input[2])
         concat.input[2] = name
         changed += 1
     if changed:
+        # the -1 Constants no node reads any more (ORT would warn about each one on load)
+        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dangling = [n for n in graph.node if n.op_type == "Constant" and n.output[0] in replaced - read]
+        for n in dangling:
+            graph.node.remove(n)
         onnx.save(model, str(path))
     return changed
 
