@@ -162,6 +162,12 @@ def compare(model: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -> tuple
     return float(np.abs(onnx_out - ref).max()), float(cos.mean())
 
 
+def _node_count(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
 def fused_attention_heads(path: Path) -> list[int]:
     """num_heads of each fused Attention node, in graph (= layer) order."""
     import onnx
@@ -545,6 +551,9 @@ def export_model(
                    if n > 0 and f != n]
         if missing:
             result.notes.append(f"attention not fused at the layer's head count in layers {missing}")
+        if with_cache:  # what the fusions did to a cached graph (measured: GPT-2's LayerNorm/GELU, not attention)
+            nodes = [_node_count(p) for p in (raw, out_dir / OPTIMIZED)]
+            result.notes.append(f"cached graph through ONNX Runtime's '{fusion}' fusions: {nodes[0]} -> {nodes[1]} nodes")
     for what, figures in (("", result.parity), (f" over {DECODE_STEPS} decoding steps", result.decode_parity)):
         for name, diff in figures.items():
             if not diff <= atol:  # NaN differences fail too
