@@ -487,11 +487,17 @@ def export_model(
     task = infer_task(model)
     with_cache = resolve_cache(adapter, task, cache)
     used = choose_exporter(exporter)
+    notes = []
     if with_cache and used == OPTIMUM_EXPORTER:
-        if exporter != "auto":
+        # optimum builds cache inputs from one global head count, which a pruned decoder does not have
+        if exporter == "auto":
+            used = TORCH_EXPORTER
+        elif cache:
             raise CompressorError("optimum's exporter builds cache inputs from one global head count, which a pruned "
                                   "decoder does not have; use exporter 'torch' or export without a cache")
-        used = TORCH_EXPORTER
+        else:
+            with_cache = False
+            notes.append("optimum's exporter: exported without a key/value cache (use exporter 'torch' for one)")
     check_finite(model, "the model to export")
     model = model.eval()
     if used == OPTIMUM_EXPORTER:
@@ -520,7 +526,7 @@ def export_model(
     result = ExportResult(
         task=task, exporter=used, files={"raw": RAW}, parity={}, atol=atol,
         heads_per_layer=list(adapter.layout().heads_per_layer), cache=with_cache,
-        cache_heads=[h for h, _ in adapter.cache_shapes()] if with_cache else [],
+        cache_heads=[h for h, _ in adapter.cache_shapes()] if with_cache else [], notes=notes,
     )
 
     def record(path: Path) -> float:
@@ -534,7 +540,7 @@ def export_model(
     if with_cache and 0 in result.cache_heads:
         empty = [i for i, h in enumerate(result.cache_heads) if h == 0]
         result.notes.append(f"layers {empty} have no heads: their cache entries are [batch, 0, past, head_dim]")
-    if adapter.spec.kv_cache is not None and task == "text-generation" and not with_cache:
+    if adapter.spec.kv_cache is not None and task == "text-generation" and not with_cache and not notes:
         result.notes.append("exported without a key/value cache: each generated token recomputes the whole sequence")
     fusion = adapter.spec.ort_model_type  # the optimizer's name for this architecture's attention
     if optimize_graph and fusion is None:
