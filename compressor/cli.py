@@ -260,8 +260,10 @@ def _int_list(ctx, param, value: str) -> list[int]:
 @click.option("--original-onnx", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The unpruned model's export folder, timed interleaved.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_int_list,
-              help="Encoders: batch x --seq-lens grid. Decoders: generation batch sizes (default 1 there).")
-@click.option("--seq-lens", default="32,128", show_default=True, callback=_int_list, help="Encoders only.")
+              help="Batch x --seq-lens grid; for a decoder's generation, its batch sizes (default 1 there).")
+@click.option("--seq-lens", default="32,128", show_default=True, callback=_int_list,
+              help="Full-sequence forwards (the default for encoders; given for a decoder, this grid is timed "
+                   "instead of generation, a cached graph fed an empty past).")
 @click.option("--prompt-len", type=BoundedInt(1, 4096), default=None,
               help="Decoders: prompt tokens, timed as one forward that builds the cache (default 32).")
 @click.option("--new-tokens", type=BoundedInt(1, MAX_NEW_TOKENS), default=None,
@@ -305,15 +307,15 @@ def bench(ctx, model, onnx_dir, original, original_onnx, batch_sizes, seq_lens, 
     if ref is not None or original_onnx is not None:
         subjects.append(Subject("original", ref, original_onnx))
     subjects.append(Subject("pruned" if subjects else model or str(onnx_dir), net, onnx_dir))
-    decoder = _generation_subjects(subjects)
-    if not decoder:
-        given = [f"--{p.replace('_', '-')}" for p in ("prompt_len", "new_tokens") if explicit[p]]
-        if given:
-            raise CompressorError(f"{' and '.join(given)} time generation, which needs a decoder with its LM head "
-                                  f"(and ONNX graphs exported with a key/value cache); this model has none")
-    elif explicit["seq_lens"]:
-        raise CompressorError("--seq-lens times encoders; a decoder's generation is timed with --prompt-len "
-                              "and --new-tokens")
+    given = [f"--{p.replace('_', '-')}" for p in ("prompt_len", "new_tokens") if explicit[p]]
+    if explicit["seq_lens"] and given:
+        raise CompressorError(f"--seq-lens times full-sequence forwards and {' and '.join(given)} time generation; "
+                              "give one or the other")
+    # a decoder's generation is timed unless --seq-lens asks for the batch x sequence grid
+    decoder = not explicit["seq_lens"] and _generation_subjects(subjects)
+    if not decoder and given and not explicit["seq_lens"]:
+        raise CompressorError(f"{' and '.join(given)} time generation, which needs a decoder with its LM head "
+                              f"(and ONNX graphs exported with a key/value cache); this model has none")
     from .arch.base import check_max_length
     from .evaluate.glue import onnx_config
 

@@ -212,13 +212,14 @@ class TorchDecoder:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.cache_arg = cache_argument(model)
+        self.takes_positions = adapter_for(model).spec.takes_input("position_ids")
         self.cache = None
         self.mask: torch.Tensor | None = None
 
     @torch.inference_mode()
     def _run(self, ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         pos = torch.from_numpy(position_ids(mask.numpy(), ids.shape[1]))
-        kwargs = {"position_ids": pos} if adapter_for(self.model).spec.takes_input("position_ids") else {}
+        kwargs = {"position_ids": pos} if self.takes_positions else {}
         out = self.model(input_ids=ids, attention_mask=mask, **kwargs, **{self.cache_arg: cache}, use_cache=True)
         self.cache, self.mask = output_cache(out), mask
         return out.logits

@@ -230,13 +230,20 @@ def test_bench_times_generation_original_vs_pruned(tmp_path):
         assert 0 < r["prompt_ms"] <= r["prompt_p90_ms"] and r["tokens_per_s"] > 0
         assert (r["vs_first"] == {}) == (r["model"] == "original")
     assert "tokens/s" in res.output and "prompt 6 tokens" in res.output
+    # --seq-lens times full-sequence forwards instead, the cached graph fed an empty past
+    res = CliRunner().invoke(main, ["bench", "--model", str(tmp_path / "pruned"), "--onnx", str(tmp_path / "pruned-onnx"),
+                                    "--batch-sizes", "2", "--seq-lens", "5", "--runs", "1", "--warmup", "0",
+                                    "--json", str(tmp_path / "grid.json")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert {(r["backend"], r["seq"]) for r in json.loads((tmp_path / "grid.json").read_text())} == {
+        ("pytorch", 5), ("ort-fp32", 5)}
     # bad input: one line, exit 2
     bert = tmp_path / "bert"
     save_model(tiny_model("bert"), bert)
     export_model(pruned, None, tmp_path / "nocache", cache=False, optimize_graph=False)
     for extra, msg in (
         (["--model", str(bert), "--prompt-len", "8"], "--prompt-len time generation, which needs a decoder"),
-        (["--model", str(tmp_path / "pruned"), "--seq-lens", "8"], "--seq-lens times encoders"),
+        (["--model", str(tmp_path / "pruned"), "--seq-lens", "8", "--prompt-len", "4"], "give one or the other"),
         (["--model", str(tmp_path / "pruned"), "--onnx", str(tmp_path / "nocache")], "no key/value cache inputs"),
         (["--model", str(tmp_path / "pruned"), "--new-tokens", "0"], "--new-tokens must be an integer in the range"),
         (["--model", str(tmp_path / "pruned"), "--prompt-len", "60", "--new-tokens", "10"], "takes at most 64 tokens"),
