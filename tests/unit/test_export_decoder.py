@@ -250,3 +250,20 @@ def test_bench_times_generation_original_vs_pruned(tmp_path):
     ):
         r = CliRunner().invoke(main, ["bench", *extra])
         assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_recipe_exports_a_decoder_with_its_cache(tmp_path):
+    """A recipe's export stage on a decoder: the cached graph by default, recorded in
+    metrics.json and the report."""
+    folder = tmp_path / "gpt"
+    save_model(gpt2(), folder)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {folder}\nscorers: [magnitude]\ntargets:\n  heads: {{ratio: 0.25}}\n"
+                      f"export: {{optimize: false}}\n")
+    res = CliRunner().invoke(main, ["--recipe", str(recipe), "--output", str(tmp_path / "o"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "ONNX key/value cache: key/value heads per layer" in res.output
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["export"]["cache"] is True and m["export"]["decode_parity"]["model.onnx"] <= 1e-4
+    assert m["export"]["cache_heads"] == m["after"]["heads_per_layer"]  # GPT-2: a key/value head per head
+    assert "With a key/value cache" in (tmp_path / "o" / "report.html").read_text()
