@@ -292,6 +292,10 @@ def bench(ctx, model, onnx_dir, original, original_onnx, batch_sizes, seq_lens, 
             raise CompressorError(f"ONNX folder not found: {folder} ({opt})")
     explicit = {p: ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE
                 for p in ("batch_sizes", "seq_lens", "prompt_len", "new_tokens")}
+    given = [f"--{p.replace('_', '-')}" for p in ("prompt_len", "new_tokens") if explicit[p]]
+    if explicit["seq_lens"] and given:
+        raise CompressorError(f"--seq-lens times full-sequence forwards and {' and '.join(given)} time generation; "
+                              "give one or the other")
     pytorch = tuple(m for m in (model, original) if m is not None)
     _precheck(pytorch, json_out=json_path, inputs=(onnx_dir, original_onnx))
     from .files import check_model_folder
@@ -307,10 +311,6 @@ def bench(ctx, model, onnx_dir, original, original_onnx, batch_sizes, seq_lens, 
     if ref is not None or original_onnx is not None:
         subjects.append(Subject("original", ref, original_onnx))
     subjects.append(Subject("pruned" if subjects else model or str(onnx_dir), net, onnx_dir))
-    given = [f"--{p.replace('_', '-')}" for p in ("prompt_len", "new_tokens") if explicit[p]]
-    if explicit["seq_lens"] and given:
-        raise CompressorError(f"--seq-lens times full-sequence forwards and {' and '.join(given)} time generation; "
-                              "give one or the other")
     # a decoder's generation is timed unless --seq-lens asks for the batch x sequence grid
     decoder = not explicit["seq_lens"] and _generation_subjects(subjects)
     if not decoder and given and not explicit["seq_lens"]:

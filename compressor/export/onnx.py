@@ -9,9 +9,11 @@ axes, config.json beside it), so optimum's ORTModel classes load it. optimum's e
 4.57.6, both exporters give graphs with the same node counts, the same parity and the
 same fused Attention nodes for BERT, RoBERTa, a BERT classifier and GPT-2, so ours is
 the default under every transformers, and ``exporter="optimum"`` (or ``"auto"``: optimum
-when it imports) remains for comparison. GPT-2 is exported without a KV cache
-(``text-generation`` logits, or ``feature-extraction``): optimum builds past-key-value
-inputs from the global ``n_head``, which a pruned model does not have.
+when it imports) remains for comparison. A decoder with its LM head (GPT-2, the LLaMA
+families) is exported with a key/value cache at per-layer head counts by default
+(export/kv_cache.py; optimum builds past-key-value inputs from one global head count,
+which a pruned model does not have); ``cache=False`` gives the plain ``text-generation``
+logits graph.
 
 Optimization: ONNX Runtime's transformer optimizer with ``num_heads=0``, which makes it
 read each layer's head count from that layer's reshape constants, so pruned layers are
