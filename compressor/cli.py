@@ -14,6 +14,7 @@ from .errors import CompressorError, ModelLoadError
 from .schema import (
     MAX_BATCH,
     MAX_EPOCHS,
+    MAX_NEW_TOKENS,
     MAX_RUNS,
     MAX_SEQUENCES,
     MAX_STEPS,
@@ -174,6 +175,10 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
         if ex.quantized_cosine is not None:
             parity += f"; int8 (not held to atol) cosine vs PyTorch {ex.quantized_cosine:.4f}"
         click.echo(f"ONNX: max |onnx - torch| {parity}; fused attention heads per layer {ex.fused_attention}")
+        if ex.cache:
+            decode = ", ".join(f"{k} {v:.2g}" for k, v in ex.decode_parity.items() if not ex.is_quantized(k))
+            click.echo(f"ONNX key/value cache: key/value heads per layer {ex.cache_heads}; "
+                       f"max |onnx - torch| over decoding steps {decode}")
     click.echo(f"wrote {out}/ (model/, plan.json, scores/, metrics.json, report.html"
                f"{', base_model/' if run.finetune and 'base' in run.finetune else ''}"
                f"{', onnx/' if run.export is not None else ''})")
@@ -203,21 +208,29 @@ def prune(model, plan, output, overwrite, quiet):
 @click.option("--optimize/--no-optimize", default=True, show_default=True, help="ONNX Runtime transformer fusions.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None, help="Also write a dynamic int8 graph.")
 @click.option("--atol", type=FiniteFloat(0), default=1e-4, show_default=True, help="Max |onnx - torch| for fp32 graphs.")
+@click.option("--cache/--no-cache", default=None,
+              help="Key/value cache inputs and outputs (past_key_values.*, present.*): one graph for the prompt and "
+                   "each decoding step. Default: with a cache for a decoder with its LM head (GPT-2, Llama, ...), "
+                   "without one otherwise; --cache on any other model is an error.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def export(model, output, optimize, quantize, atol, overwrite, quiet):
+def export(model, output, optimize, quantize, atol, cache, overwrite, quiet):
     """Export to ONNX, check parity with PyTorch, optimize and quantize for ONNX Runtime."""
     from .recipe import ExportConfig
 
     _precheck((model,), output, overwrite)
     from .pipeline import run_export
-    res = run_export(model, output, ExportConfig(optimize=optimize, quantize=quantize, atol=atol), overwrite,
-                     progress=not quiet)
+    res = run_export(model, output, ExportConfig(optimize=optimize, quantize=quantize, atol=atol, cache=cache),
+                     overwrite, progress=not quiet)
     parity = ", ".join(f"{k} {v:.2g}" for k, v in res.parity.items())
     if res.quantized_cosine is not None:
         parity += f" (int8 is not held to --atol; its mean cosine vs PyTorch: {res.quantized_cosine:.4f})"
     fused = "" if not res.fused_attention else f"; fused attention heads per layer {res.fused_attention}"
     click.echo(f"max |onnx - torch|: {parity}{fused}")
+    if res.cache:
+        decode = ", ".join(f"{k} {v:.2g}" for k, v in res.decode_parity.items())
+        click.echo(f"key/value cache: key/value heads per layer {res.cache_heads}; "
+                   f"max |onnx - torch| over decoding steps: {decode}")
     for note in res.notes:
         click.echo(f"note: {note}")
     click.echo(f"wrote {output}/")
@@ -242,8 +255,19 @@ def _int_list(ctx, param, value: str) -> list[int]:
 @click.option("--model", "model", default=None, help="PyTorch model to time: a folder, 'default' or a hub id.")
 @click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder written by 'compress export' (times ORT fp32 and int8 graphs found there).")
-@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_int_list)
-@click.option("--seq-lens", default="32,128", show_default=True, callback=_int_list)
+@click.option("--original", "original", default=None,
+              help="The unpruned model to compare with, timed interleaved (PyTorch): a folder, 'default' or a hub id.")
+@click.option("--original-onnx", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The unpruned model's export folder, timed interleaved.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_int_list,
+              help="Batch x --seq-lens grid; for a decoder's generation, its batch sizes (default 1 there).")
+@click.option("--seq-lens", default="32,128", show_default=True, callback=_int_list,
+              help="Full-sequence forwards (the default for encoders; given for a decoder, this grid is timed "
+                   "instead of generation, a cached graph fed an empty past).")
+@click.option("--prompt-len", type=BoundedInt(1, 4096), default=None,
+              help="Decoders: prompt tokens, timed as one forward that builds the cache (default 32).")
+@click.option("--new-tokens", type=BoundedInt(1, MAX_NEW_TOKENS), default=None,
+              help="Decoders: tokens generated with the cache after the prompt, timed as tokens/s (default 32).")
 @click.option("--runs", default=20, show_default=True, type=BoundedInt(1, MAX_RUNS))
 @click.option("--warmup", default=3, show_default=True, type=BoundedInt(0, MAX_RUNS))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -253,38 +277,114 @@ def _int_list(ctx, param, value: str) -> list[int]:
 @click.option("--spin/--no-spin", default=None,
               help="Let idle ORT worker threads busy-wait (ORT's default). --no-spin is faster on a CPU shared "
                    "with other busy processes.")
-def bench(model, onnx_dir, batch_sizes, seq_lens, runs, warmup, json_path, threads, spin):
-    """Latency: PyTorch vs ONNX Runtime fp32 vs int8, median and p90 per batch x sequence."""
+@click.pass_context
+def bench(ctx, model, onnx_dir, original, original_onnx, batch_sizes, seq_lens, prompt_len, new_tokens, runs, warmup,
+          json_path, threads, spin):
+    """Latency: PyTorch vs ONNX Runtime fp32 vs int8, median and p90 per batch x sequence.
+    For a decoder with its LM head: generation, i.e. prompt latency and decoding tokens/s
+    with the key/value cache (ONNX graphs exported with a cache)."""
+    from click.core import ParameterSource
+
     if model is None and onnx_dir is None:
         raise CompressorError("give --model, --onnx or both")
-    if onnx_dir is not None and not onnx_dir.is_dir():
-        raise CompressorError(f"ONNX folder not found: {onnx_dir}")
-    _precheck((model,) if model is not None else (), json_out=json_path, inputs=(onnx_dir,))
-    if onnx_dir is not None:
-        from .files import check_model_folder
+    for folder, opt in ((onnx_dir, "--onnx"), (original_onnx, "--original-onnx")):
+        if folder is not None and not folder.is_dir():
+            raise CompressorError(f"ONNX folder not found: {folder} ({opt})")
+    explicit = {p: ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE
+                for p in ("batch_sizes", "seq_lens", "prompt_len", "new_tokens")}
+    given = [f"--{p.replace('_', '-')}" for p in ("prompt_len", "new_tokens") if explicit[p]]
+    if explicit["seq_lens"] and given:
+        raise CompressorError(f"--seq-lens times full-sequence forwards and {' and '.join(given)} time generation; "
+                              "give one or the other")
+    pytorch = tuple(m for m in (model, original) if m is not None)
+    _precheck(pytorch, json_out=json_path, inputs=(onnx_dir, original_onnx))
+    from .files import check_model_folder
 
-        check_model_folder(onnx_dir)
+    for folder in (onnx_dir, original_onnx):
+        if folder is not None:
+            check_model_folder(folder)
     from .evaluate.latency import Subject, benchmark
     from .models import load_model
     net = load_model(model, attn_implementation=None) if model is not None else None
+    ref = load_model(original, attn_implementation=None) if original is not None else None
+    subjects = []
+    if ref is not None or original_onnx is not None:
+        subjects.append(Subject("original", ref, original_onnx))
+    subjects.append(Subject("pruned" if subjects else model or str(onnx_dir), net, onnx_dir))
+    # a decoder's generation is timed unless --seq-lens asks for the batch x sequence grid
+    decoder = not explicit["seq_lens"] and _generation_subjects(subjects)
+    if not decoder and given and not explicit["seq_lens"]:
+        raise CompressorError(f"{' and '.join(given)} time generation, which needs a decoder with its LM head "
+                              f"(and ONNX graphs exported with a key/value cache); this model has none")
     from .arch.base import check_max_length
     from .evaluate.glue import onnx_config
 
-    graphs = onnx_dir is not None and any(onnx_dir.glob("*.onnx"))
-    for config in (net.config if net is not None else None, onnx_config(onnx_dir) if graphs else None):
-        if config is not None:
-            try:
-                check_max_length(config, max(seq_lens), "the longest of --seq-lens")
-            except ModelLoadError:  # an architecture compressor does not know: the runtime decides
-                pass
-    shapes = [(b, s) for b in batch_sizes for s in seq_lens]
-    subject = Subject(model or str(onnx_dir), net, onnx_dir)
-    rows = benchmark([subject], shapes, runs, warmup, progress=click.echo, threads=threads, spin=spin)
+    prompt_len, new_tokens = prompt_len or 32, new_tokens or 32
+    longest = prompt_len + new_tokens if decoder else max(seq_lens)
+    what = "--prompt-len + --new-tokens" if decoder else "the longest of --seq-lens"
+    for s in subjects:
+        graphs = s.onnx_dir is not None and any(s.onnx_dir.glob("*.onnx"))
+        for config in (s.model.config if s.model is not None else None, onnx_config(s.onnx_dir) if graphs else None):
+            if config is not None:
+                try:
+                    check_max_length(config, longest, what)
+                except ModelLoadError:  # an architecture compressor does not know: the runtime decides
+                    pass
+    if decoder:
+        from .evaluate.generation import time_generation
+
+        rows = []
+        for b in batch_sizes if explicit["batch_sizes"] else [1]:
+            rows += time_generation(subjects, b, prompt_len, new_tokens, runs, warmup, threads, spin,
+                                    progress=click.echo)
+    else:
+        shapes = [(b, s) for b in batch_sizes for s in seq_lens]
+        rows = benchmark(subjects, shapes, runs, warmup, progress=click.echo, threads=threads, spin=spin)
     if json_path is not None:
         from .outputs import write_json_atomic
 
         write_json_atomic(json_path, [r.to_json() for r in rows])
         click.echo(f"wrote {json_path}")
+
+
+def _generation_subjects(subjects) -> bool:
+    """Whether the subjects are decoders to time generating (a PyTorch decoder with its
+    LM head, or a graph with a key/value cache); a mix of decoders and other models, or
+    a decoder with a graph exported without a cache, is one error line."""
+    from .arch.base import adapter_for
+    from .evaluate.latency import onnx_files
+    from .export.kv_cache import cache_reason
+    from .export.onnx import infer_task
+
+    kinds = {}
+    for s in subjects:
+        if s.model is not None:
+            reason = cache_reason(adapter_for(s.model), infer_task(s.model))
+            kinds[f"{s.label} (PyTorch)"] = (reason is None, reason)
+        if s.onnx_dir is not None:
+            for name, path in onnx_files(s.onnx_dir).items():
+                cached = _graph_has_cache(path)
+                kinds[f"{s.label} ({path.name})"] = (cached, None if cached else "its graph has no key/value cache "
+                                                     "inputs (exported with --no-cache, or not a decoder)")
+    if len({k for k, _ in kinds.values()}) > 1:
+        yes = [n for n, (k, _) in kinds.items() if k]
+        no = [f"{n}: {why}" for n, (k, why) in kinds.items() if not k]
+        raise CompressorError(f"cannot time generation of {', '.join(yes)} beside {'; '.join(no)}; "
+                              "bench decoders with cached graphs, or encoders, together")
+    return next(iter(kinds.values()))[0]
+
+
+def _graph_has_cache(path: Path) -> bool:
+    """Whether an ONNX graph takes past_key_values.* inputs (read without its weights)."""
+    import onnx
+
+    from .export.kv_cache import PAST
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as e:  # a damaged file: ONNX raises its own types
+        raise CompressorError(f"ONNX graph {path} cannot be read: {str(e).splitlines()[0] if str(e) else e}") from None
+    return any(i.name == PAST.format(layer=0, kind="key") for i in graph.input)
 
 
 @main.command()

@@ -93,3 +93,86 @@ def traceable_masks() -> Iterator[None]:
         yield
     finally:
         mu.sdpa_mask = before
+
+
+# -- key/value caches -----------------------------------------------------------------
+# transformers 4.57 and 5.x both keep a DynamicCache as a list of DynamicLayer objects
+# holding ``keys``/``values`` [batch, kv_heads, seq, head_dim]. They differ in names: the
+# forward argument and output field are ``past_key_values`` in 4.57 and ``cache`` in 5.x
+# (``past_key_values`` is a deprecated alias there).
+
+
+def cache_argument(model) -> str:
+    """The name under which ``model.forward`` takes a key/value cache."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(output):
+    """The key/value cache a forward returned (None when it returned none)."""
+    for name in ("cache", "past_key_values"):
+        cache = getattr(output, name, None)
+        if cache is not None:
+            return cache
+    return None
+
+
+def _counted_layer_class():
+    """DynamicLayer whose length is its tensors' sequence axis even when they hold no
+    elements. transformers' DynamicLayer reports length 0 for an empty tensor, so a layer
+    pruned to 0 key/value heads ([batch, 0, seq, head_dim]) would read as an empty cache,
+    and a model whose layer 0 has no heads would number positions and size masks from 0
+    at every decoding step (both read the length of layer 0)."""
+    global _COUNTED
+    if _COUNTED is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class CountedDynamicLayer(DynamicLayer):
+            def get_seq_length(self) -> int:
+                if not self.is_initialized or self.keys is None or self.keys.dim() < 2:
+                    return 0
+                return self.keys.shape[-2]
+
+        _COUNTED = CountedDynamicLayer
+    return _COUNTED
+
+
+_COUNTED = None
+
+
+def cache_from_tensors(pairs):
+    """A DynamicCache holding ``pairs`` [(keys, values)] per layer, each [batch, kv_heads,
+    past, head_dim] (past may be 0, kv_heads may be 0), set directly rather than through
+    ``update``: update concatenates onto a 1-D empty tensor, which an ONNX trace cannot
+    express as a Concat of same-rank tensors."""
+    from transformers.cache_utils import DynamicCache
+
+    cache = DynamicCache()
+    layer_class = _counted_layer_class()
+    for keys, values in pairs:
+        layer = layer_class()
+        layer.keys, layer.values, layer.is_initialized = keys, values, True
+        layer.dtype, layer.device = keys.dtype, keys.device
+        cache.layers.append(layer)
+    return cache
+
+
+def cache_tensors(cache) -> list[tuple]:
+    """[(keys, values)] per layer of a cache (its self-attention part)."""
+    cache = getattr(cache, "self_attention_cache", cache)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def record_empty_layer(cache, layer_idx: int, keys, values) -> None:
+    """Append a headless layer's zero-head keys/values ([batch, 0, seq, head_dim]) to its
+    cache layer, so the cache keeps one entry per layer whose sequence length counts the
+    tokens seen (see ``_counted_layer_class``)."""
+    from transformers.cache_utils import DynamicLayer
+
+    cache = getattr(cache, "self_attention_cache", cache)
+    cache.update(keys, values, layer_idx)
+    layers = getattr(cache, "layers", None)
+    if layers is not None and type(layers[layer_idx]) is DynamicLayer:
+        # same state, a length read from the sequence axis (no new attributes)
+        layers[layer_idx].__class__ = _counted_layer_class()

@@ -21,6 +21,7 @@ from .capture import run_capture
 from .data.calibration import calibration_batches, fit_length
 from .data.glue import glue_task, load_glue
 from .evaluate.glue import OnnxClassifier, TorchClassifier, eval_splits, score_splits
+from .errors import CompressorError
 from .finetune import finetune
 from .finite import check_finite
 from .metrics import FLOPS_SEQ_LEN, encoder_flops_per_token
@@ -80,6 +81,8 @@ def run_recipe(
         tokenizer = load_tokenizer(model_name)
         before = _size_summary(net)
     recipe = _check_lengths(recipe, net)  # lengths beyond the model's positions fail before any work
+    if recipe.export is not None:  # export.cache: true on a model without a cache fails before any work
+        _check_cache(net, recipe)
     check_floors(adapter_for(net).layout(), recipe.heads, recipe.neurons, recipe.budget)
     _check_units_left(adapter_for(net).layout(), recipe)
     task_data = _task_data(recipe, net)  # bad task input fails here, before hours of work
@@ -353,12 +356,28 @@ def _latency(original, pruned, batch: int = 8, seq: int = 128, runs: int = 10) -
     return out
 
 
+def _check_cache(net, recipe: Recipe) -> None:
+    """export.cache: true where the exported model will have no cache: one line. Fine-tuning
+    gives the model a classification head, so what is exported is then a classifier."""
+    from .errors import RecipeError
+    from .export.kv_cache import cache_reason
+    from .export.onnx import infer_task
+
+    if not recipe.export.cache:
+        return
+    tuned = recipe.finetune_base is not None or recipe.finetune_recovery is not None
+    task = "text-classification" if tuned else infer_task(net)
+    reason = cache_reason(adapter_for(net), task)
+    if reason is not None:
+        raise RecipeError(f"export.cache is true, but {reason}; set export.cache to false or leave it unset")
+
+
 def _export(net, tokenizer, folder: Path, cfg: ExportConfig):
     from .export import export_model
 
     folder.mkdir(exist_ok=True)
     return export_model(net, tokenizer, folder, optimize_graph=cfg.optimize, quantize=cfg.quantize,
-                        atol=cfg.atol, opset=cfg.opset)
+                        atol=cfg.atol, opset=cfg.opset, cache=cfg.cache)
 
 
 def run_export(model_name: str, output: Path, cfg: ExportConfig, overwrite: bool = False, progress: bool = False):
@@ -369,6 +388,13 @@ def run_export(model_name: str, output: Path, cfg: ExportConfig, overwrite: bool
     with timer("load model"):
         net = load_model(model_name, attn_implementation="eager")
         tokenizer = load_tokenizer(model_name)
+    if cfg.cache:  # before the output folder exists: nothing is written
+        from .export.kv_cache import cache_reason
+        from .export.onnx import infer_task
+
+        reason = cache_reason(adapter_for(net), infer_task(net))
+        if reason is not None:
+            raise CompressorError(f"--cache: {reason}; drop --cache (or pass --no-cache)")
     with atomic_output(output, overwrite) as tmp, timer("export, optimize and check parity"):
         result = _export(net, tokenizer, tmp, cfg)
     return result

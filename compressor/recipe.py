@@ -99,6 +99,8 @@ EXPORT = {
     "quantize": Field("choice", None, choices=("int8",), nullable=True),
     "atol": Field("float", 1e-4, lo=0.0, help="max |onnx - torch| allowed for fp32 graphs"),
     "opset": Field("int", None, lo=14, hi=23, nullable=True),
+    "cache": Field("bool", None, nullable=True,
+                   help="key/value cache inputs and outputs; unset: with one for a decoder with its LM head"),
 }
 
 TASK = {
@@ -213,6 +215,7 @@ class ExportConfig:
     quantize: str | None = None
     atol: float = 1e-4
     opset: int | None = None
+    cache: bool | None = None  # None: a key/value cache for a decoder with its LM head; True elsewhere is an error
 
 
 @dataclass(frozen=True)

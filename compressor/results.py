@@ -145,6 +145,9 @@ class ExportSummary(_Record):
     fused_attention: list[int | None] = field(default_factory=list)
     quantized_cosine: float | None = None
     notes: list[str] = field(default_factory=list)
+    cache: bool = False  # the graph takes and returns a key/value cache (absent: an older run, without)
+    cache_heads: list[int] = field(default_factory=list)
+    decode_parity: dict[str, float] = field(default_factory=dict)  # per file, over decoding steps with the past
 
     @property
     def compared_output(self) -> str:

@@ -146,3 +146,4 @@ MAX_STEPS = 10_000_000
 MAX_EPOCHS = 1_000.0
 MAX_TEMPERATURE = 100.0
 MAX_RUNS = 100_000  # bench timing runs
+MAX_NEW_TOKENS = 4096  # bench: tokens generated per timed run

@@ -128,6 +128,12 @@ class ArchSpec:
     config_heads: str | None = None
     config_kv_heads: str | None = None
     config_head_dim: str | None = None
+    # The key/value cache a decoder's forward takes and returns (transformers' Cache,
+    # ``past_key_values``): "per_layer_bhsd" = one keys and one values tensor per layer,
+    # each [batch, kv_heads of that layer, seq, head_dim]; a layer without heads has
+    # [batch, 0, seq, head_dim]. None: no cache (encoders). A KV-cache ONNX export names
+    # them past_key_values.{layer}.key/.value and present.{layer}.key/.value.
+    kv_cache: Literal["per_layer_bhsd"] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.ffn_in, str):
@@ -288,6 +294,13 @@ class Adapter:
     def kv_heads(self, layer: int) -> int:
         """Key/value heads of a layer (= its head groups)."""
         return self.num_heads(layer) // self.group_size(layer)
+
+    def cache_shapes(self) -> list[tuple[int, int]]:
+        """(key/value heads, head_dim) of each layer's cache entry (see ``ArchSpec.kv_cache``);
+        a layer pruned to no heads has 0 key/value heads. Empty without a cache."""
+        if self.spec.kv_cache is None:
+            return []
+        return [(self.kv_heads(i), self.head_dim(i)) for i in range(len(self.layers))]
 
     def ffn_size(self, layer: int) -> int:
         return out_features(self.modules(layer, "ffn_in")[0]) // self.spec.ffn_in_chunks

@@ -28,5 +28,6 @@ GPT2 = register(
         pad_token_from_eos=True,
         config_ffn="n_inner",
         config_heads="n_head",
+        kv_cache="per_layer_bhsd",
     )
 )

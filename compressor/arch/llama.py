@@ -37,5 +37,6 @@ LLAMA = register(
         config_heads="num_attention_heads",
         config_kv_heads="num_key_value_heads",
         config_head_dim="head_dim",
+        kv_cache="per_layer_bhsd",
     )
 )

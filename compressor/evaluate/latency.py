@@ -108,10 +108,18 @@ def ort_session(path: Path, threads: int | None = None, spin: bool | None = None
 
 
 def ort_runner(session, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+    """Runs the graph on ``feeds``; a graph with a key/value cache gets an empty past, so
+    it times the same full-sequence forward as a graph without one."""
+    from ..export.kv_cache import empty_past, graph_past_shapes
+
     names = [i.name for i in session.get_inputs()]
+    shapes = graph_past_shapes(session)
+    past = empty_past(shapes, feeds["input_ids"].shape[0]) if shapes else {}
     inputs = {}
     for n in names:
-        if n == "position_ids":
+        if n in past:
+            inputs[n] = past[n]
+        elif n == "position_ids":
             inputs[n] = np.broadcast_to(np.arange(feeds["input_ids"].shape[1]), feeds["input_ids"].shape).copy()
         elif n in feeds:
             inputs[n] = feeds[n]

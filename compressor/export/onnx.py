@@ -9,9 +9,11 @@ axes, config.json beside it), so optimum's ORTModel classes load it. optimum's e
 4.57.6, both exporters give graphs with the same node counts, the same parity and the
 same fused Attention nodes for BERT, RoBERTa, a BERT classifier and GPT-2, so ours is
 the default under every transformers, and ``exporter="optimum"`` (or ``"auto"``: optimum
-when it imports) remains for comparison. GPT-2 is exported without a KV cache
-(``text-generation`` logits, or ``feature-extraction``): optimum builds past-key-value
-inputs from the global ``n_head``, which a pruned model does not have.
+when it imports) remains for comparison. A decoder with its LM head (GPT-2, the LLaMA
+families) is exported with a key/value cache at per-layer head counts by default
+(export/kv_cache.py; optimum builds past-key-value inputs from one global head count,
+which a pruned model does not have); ``cache=False`` gives the plain ``text-generation``
+logits graph.
 
 Optimization: ONNX Runtime's transformer optimizer with ``num_heads=0``, which makes it
 read each layer's head count from that layer's reshape constants, so pruned layers are
@@ -62,6 +64,12 @@ class ExportResult:
     fused_attention: list[int | None] = field(default_factory=list)  # per layer: num_heads fused, None if not
     quantized_cosine: float | None = None  # int8 vs PyTorch: mean cosine of output vectors (real tokens)
     notes: list[str] = field(default_factory=list)
+    # the graph takes and returns a key/value cache (export/kv_cache.py): one graph for
+    # the prompt (a past of length 0) and every decoding step
+    cache: bool = False
+    cache_heads: list[int] = field(default_factory=list)  # key/value heads of each layer's cache entry
+    # max |onnx - torch| of the logits over kv_cache.DECODE_STEPS decoding steps with the past, per file
+    decode_parity: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -156,6 +164,12 @@ def compare(model: nn.Module, path: Path, feeds: dict[str, np.ndarray]) -> tuple
     return float(np.abs(onnx_out - ref).max()), float(cos.mean())
 
 
+def _node_count(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.node)
+
+
 def fused_attention_heads(path: Path) -> list[int]:
     """num_heads of each fused Attention node, in graph (= layer) order."""
     import onnx
@@ -164,7 +178,7 @@ def fused_attention_heads(path: Path) -> list[int]:
     heads = [
         next(a.i for a in n.attribute if a.name == "num_heads")
         for n in graph.node
-        if n.op_type in ("Attention", "MultiHeadAttention")
+        if n.op_type in ("Attention", "MultiHeadAttention", "GroupQueryAttention")
     ]
     return heads
 
@@ -237,11 +251,28 @@ def _export_torch_onnx(model: nn.Module, out_dir: Path, task: str, opset: int | 
             dynamo=False,
         )
     explicit_head_counts(out_dir / RAW)
+    _save_configs(model, out_dir)
+
+
+def _save_configs(model: nn.Module, out_dir: Path) -> None:
+    """config.json (+ generation_config.json for a decoder) beside the graph, as optimum writes them."""
     with quiet_transformers():
         model.config.save_pretrained(out_dir)
         gen = getattr(model, "generation_config", None)
-        if adapter.spec.causal and gen is not None:
+        if adapter_for(model).spec.causal and gen is not None:
             gen.save_pretrained(out_dir)
+
+
+def _export_torch_onnx_cached(model: nn.Module, out_dir: Path, opset: int | None = None) -> None:
+    """model.onnx of a decoder with its key/value cache (export/kv_cache.py), with the
+    eager attention (its pattern is what ONNX Runtime's optimizer knows) and the configs beside it."""
+    from .kv_cache import export_cached
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _eager_attention(model):
+        export_cached(model, out_dir / RAW, opset or DEFAULT_OPSET)
+    explicit_head_counts(out_dir / RAW)
+    _save_configs(model, out_dir)
 
 
 def explicit_head_counts(path: Path) -> int:
@@ -283,6 +314,7 @@ def explicit_head_counts(path: Path) -> int:
         return None
 
     changed = 0
+    replaced: set[str] = set()
     for node in graph.node:
         if node.op_type != "Reshape":
             continue
@@ -297,9 +329,15 @@ def explicit_head_counts(path: Path) -> int:
             continue
         name = f"{concat.name or concat.output[0]}/num_heads"
         graph.initializer.append(numpy_helper.from_array(np.array([w // d], dtype=np.int64), name))
+        replaced.add(concat.input[2])
         concat.input[2] = name
         changed += 1
     if changed:
+        # the -1 Constants no node reads any more (ORT would warn about each one on load)
+        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dangling = [n for n in graph.node if n.op_type == "Constant" and n.output[0] in replaced - read]
+        for n in dangling:
+            graph.node.remove(n)
         onnx.save(model, str(path))
     return changed
 
@@ -345,8 +383,9 @@ def optimize(raw: Path, out: Path, model_type: str) -> None:
     # by fused_attention_heads and by parity instead.
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     logging.getLogger("fusion_attention").setLevel(logging.ERROR)
-    opt = optimize_model(str(raw), model_type=model_type, num_heads=0, hidden_size=0, opt_level=0)
-    opt.save_model_to_file(str(out))
+    with _quiet_loggers(*_SHAPE_LOGGERS):
+        opt = optimize_model(str(raw), model_type=model_type, num_heads=0, hidden_size=0, opt_level=0)
+        opt.save_model_to_file(str(out))
 
 
 @contextlib.contextmanager
@@ -366,6 +405,35 @@ def quantize_int8(src: Path, out: Path) -> list[str]:
     """Dynamic int8 weights. quant_pre_process (shape inference) is tried first and
     skipped if it fails, as it can with "Incomplete symbolic shape inference" or on
     RoBERTa's position ids ("unsupported broadcast")."""
+    with _quiet_loggers(*_SHAPE_LOGGERS):
+        return _quantize_int8(src, out)
+
+
+# ORT's shape inference logs under the module's own name (imported as a top-level module by
+# the transformer optimizer, as onnxruntime.tools.* by the quantizer); its quantizer on the root logger
+_SHAPE_LOGGERS = ("", "symbolic_shape_infer", "onnxruntime.tools.symbolic_shape_infer")
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Records below ERROR from these loggers dropped for the duration. ORT's quantizer
+    warns on the root logger (a line per tensor whose type shape inference left open) and
+    its shape inference per symbolic dimension it cannot compare (a cached graph's past +
+    sequence lengths): the outcome is a note in export.json and the int8 figures, not
+    stderr noise. A filter, not a level: the shape inference sets its logger's level itself."""
+    loggers = [logging.getLogger(n) if n else logging.getLogger() for n in names]
+    drop = logging.Filter()
+    drop.filter = lambda record: record.levelno >= logging.ERROR
+    for lg in loggers:
+        lg.addFilter(drop)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(drop)
+
+
+def _quantize_int8(src: Path, out: Path) -> list[str]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     notes = []
@@ -401,37 +469,81 @@ def export_model(
     atol: float = DEFAULT_ATOL,
     opset: int | None = None,
     exporter: str = "torch",
+    cache: bool | None = None,
 ) -> ExportResult:
     """Write model.onnx (+ optimized, + int8) into ``out_dir`` (which must exist and be
     empty; callers write into a temporary folder and rename it). Raises ParityError
     when the fp32 graphs differ from PyTorch by more than ``atol``. ``exporter``: see
-    ``choose_exporter``; export.json records which one wrote the graph."""
+    ``choose_exporter``; export.json records which one wrote the graph. ``cache``: a
+    graph with a key/value cache (export/kv_cache.py); None: with one for a decoder with
+    its LM head, without one otherwise; True for any other model is an error saying why.
+    A cached graph's parity covers the prompt and decoding steps with the past."""
+    from .kv_cache import DECODE_STEPS, compare_cached, resolve_cache
+
     require_ort()
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise CompressorError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}; got {quantize!r}")
     if not atol >= 0 or atol == float("inf"):
         raise CompressorError(f"atol must be a finite number >= 0; got {atol!r}")
-    check_finite(model, "the model to export")
-    used = choose_exporter(exporter)
     adapter = adapter_for(model)
     task = infer_task(model)
+    with_cache = resolve_cache(adapter, task, cache)
+    used = choose_exporter(exporter)
+    notes = []
+    if with_cache and used == OPTIMUM_EXPORTER:
+        # optimum builds cache inputs from one global head count, which a pruned decoder does not have
+        if exporter == "auto":
+            used = TORCH_EXPORTER
+        elif cache:
+            raise CompressorError("optimum's exporter builds cache inputs from one global head count, which a pruned "
+                                  "decoder does not have; use exporter 'torch' or export without a cache")
+        else:
+            with_cache = False
+            notes.append("optimum's exporter: exported without a key/value cache (use exporter 'torch' for one)")
+    check_finite(model, "the model to export")
     model = model.eval()
     if used == OPTIMUM_EXPORTER:
         _export_optimum(model, out_dir, task, opset)
+    elif with_cache:
+        _export_torch_onnx_cached(model, out_dir, opset)
     else:
         _export_torch_onnx(model, out_dir, task, opset)
     if tokenizer is not None and not (out_dir / "tokenizer_config.json").is_file():
         tokenizer.save_pretrained(out_dir)
     raw = out_dir / RAW
-    graph_inputs = [i.name for i in _session(raw).get_inputs()]
-    input_names = list(adapter.spec.onnx_inputs) + [n for n in graph_inputs if n not in adapter.spec.onnx_inputs]
-    feeds = validation_inputs(model, tokenizer, input_names)
+    if with_cache:
+        feeds = validation_inputs(model, tokenizer, ["input_ids", "attention_mask"])
+
+        def check(path: Path) -> tuple[float, float | None, float]:
+            return compare_cached(model, _session(path), feeds["input_ids"], feeds["attention_mask"])
+    else:
+        graph_inputs = [i.name for i in _session(raw).get_inputs()]
+        input_names = list(adapter.spec.onnx_inputs) + [n for n in graph_inputs if n not in adapter.spec.onnx_inputs]
+        feeds = validation_inputs(model, tokenizer, input_names)
+
+        def check(path: Path) -> tuple[float, float | None, float]:
+            diff, cos = compare(model, path, feeds)
+            return diff, None, cos
 
     result = ExportResult(
         task=task, exporter=used, files={"raw": RAW}, parity={}, atol=atol,
-        heads_per_layer=list(adapter.layout().heads_per_layer),
+        heads_per_layer=list(adapter.layout().heads_per_layer), cache=with_cache,
+        cache_heads=[h for h, _ in adapter.cache_shapes()] if with_cache else [], notes=notes,
     )
-    result.parity[RAW] = compare(model, raw, feeds)[0]
+
+    def record(path: Path) -> float:
+        diff, decode, cos = check(path)
+        result.parity[path.name] = diff
+        if decode is not None:
+            result.decode_parity[path.name] = decode
+        return cos
+
+    record(raw)
+    if with_cache and 0 in result.cache_heads:
+        empty = [i for i, h in enumerate(result.cache_heads) if h == 0]
+        result.notes.append(f"layers {empty} have no heads: their cache entries are [batch, 0, past, head_dim]")
+    if adapter.spec.kv_cache is not None and task == "text-generation" and not with_cache and not notes:
+        result.notes.append("exported without a key/value cache: each generated token recomputes the whole sequence")
     fusion = adapter.spec.ort_model_type  # the optimizer's name for this architecture's attention
     if optimize_graph and fusion is None:
         optimize_graph = False
@@ -439,7 +551,7 @@ def export_model(
     if optimize_graph:
         optimize(raw, out_dir / OPTIMIZED, fusion)
         result.files["optimized"] = OPTIMIZED
-        result.parity[OPTIMIZED] = compare(model, out_dir / OPTIMIZED, feeds)[0]
+        record(out_dir / OPTIMIZED)
         # graph order is layer order; layers without heads have no attention to fuse
         fused = iter(fused_attention_heads(out_dir / OPTIMIZED))
         result.fused_attention = [next(fused, None) if n > 0 else None for n in result.heads_per_layer]
@@ -447,15 +559,20 @@ def export_model(
                    if n > 0 and f != n]
         if missing:
             result.notes.append(f"attention not fused at the layer's head count in layers {missing}")
-    for name, diff in result.parity.items():
-        if not diff <= atol:  # NaN differences fail too
-            raise ParityError(f"ONNX parity failed for {name}: max |onnx - torch| = {diff:.3g} > atol {atol:g}")
+        if with_cache:  # what the fusions did to a cached graph (measured: GPT-2's LayerNorm/GELU, not attention)
+            nodes = [_node_count(p) for p in (raw, out_dir / OPTIMIZED)]
+            result.notes.append(f"cached graph through ONNX Runtime's '{fusion}' fusions: {nodes[0]} -> {nodes[1]} nodes")
+    for what, figures in (("", result.parity), (f" over {DECODE_STEPS} decoding steps", result.decode_parity)):
+        for name, diff in figures.items():
+            if not diff <= atol:  # NaN differences fail too
+                raise ParityError(f"ONNX parity failed for {name}{what}: max |onnx - torch| = {diff:.3g} "
+                                  f"> atol {atol:g}")
     if quantize == "int8":
         src = out_dir / (OPTIMIZED if optimize_graph else RAW)
         result.notes += quantize_int8(src, out_dir / QUANTIZED)
         result.files["quantized"] = QUANTIZED
         # int8 cannot meet an fp32 tolerance; its difference is reported, and its
         # accuracy cost is what evaluation measures.
-        result.parity[QUANTIZED], result.quantized_cosine = compare(model, out_dir / QUANTIZED, feeds)
+        result.quantized_cosine = record(out_dir / QUANTIZED)
     (out_dir / "export.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result

@@ -328,9 +328,15 @@ def _export(run: RunMetrics) -> str:
         return ""
     files = [(name, f"{diff:.2g}", _parity_check(export, name)) for name, diff in export.parity.items()]
     fused = ", ".join("-" if h is None else str(h) for h in export.fused_attention) or "not optimized"
+    cache = ""
+    if export.cache:
+        decode = ", ".join(f"{name} {diff:.2g}" for name, diff in export.decode_parity.items())
+        cache = (f"<p>With a key/value cache (key/value heads per layer: {_esc(str(export.cache_heads))}): one "
+                 f"graph for the prompt and each decoding step. Max |onnx - torch| of the logits over decoding "
+                 f"steps with the past: {_esc(decode)}.</p>")
     return (
         f'<section id="export"><h2>ONNX export</h2><p>Task {_esc(export.task)}; '
-        f"fused attention heads per layer: {_esc(fused)}.</p>"
+        f"fused attention heads per layer: {_esc(fused)}.</p>{cache}"
         f"{_table(('file', 'max |onnx - torch|', 'measured against'), files)}"
         f"<p class=\"note\">Parity compares {_esc(export.compared_output)} on a small padded batch. int8 is not held "
         "to the fp32 tolerance; its accuracy cost is measured by evaluation.</p></section>"

@@ -88,6 +88,9 @@ class EmptyAttention(nn.Module):
             self.add_module(name, child)
         for name, value in attrs.items():
             setattr(self, name, value)
+        # which entry of a key/value cache is this layer's (decoders; None: no cache)
+        if "layer_idx" not in attrs:
+            self.layer_idx = getattr(original, "layer_idx", None)
         self.returns = returns
         self.attn_out_name = attn_out_name
         self.always_maps = always_maps
@@ -105,7 +108,26 @@ class EmptyAttention(nn.Module):
         # [batch, 0, q, k]: no heads. Hook-collected maps need one per layer (a None is skipped).
         wants = kwargs.get("output_attentions") or self.always_maps
         attn = hidden_states.new_zeros(batch, 0, seq, seq) if wants else None
+        self._record_in_cache(hidden_states, args, kwargs)
         return out, attn
+
+    def _record_in_cache(self, hidden_states: torch.Tensor, args: tuple, kwargs: dict) -> None:
+        """A decoder's cache keeps one entry per layer, and transformers reads the tokens
+        seen so far from layer 0's entry: append this layer's keys and values, which have
+        no heads ([batch, 0, seq, head_dim]), so the entry grows like every other layer's.
+        The cache arrives under a name that differs across transformers versions
+        (past_key_values, cache), so it is found by its type."""
+        from transformers.cache_utils import Cache
+
+        from ..compat import record_empty_layer
+
+        layer_idx = getattr(self, "layer_idx", None)
+        cache = next((v for v in (*kwargs.values(), *args) if isinstance(v, Cache)), None)
+        if cache is None or layer_idx is None:
+            return
+        batch, seq, _ = hidden_states.shape
+        empty = hidden_states.new_zeros(batch, 0, seq, int(getattr(self, "head_dim", 0) or 0))  # [batch, 0, seq, d]
+        record_empty_layer(cache, layer_idx, empty, empty)
 
 
 def empty_attention(original: nn.Module, returns: str, attrs: dict[str, int], attn_out_name: str | None,

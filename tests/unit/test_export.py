@@ -164,7 +164,8 @@ def test_torch_exporter_names_and_dynamic_shapes(kind, tmp_path):
     that are dynamic: a batch of another size and length than the traced one (2 x 16),
     with padding, matches PyTorch on real tokens."""
     model = apply_plan(tiny_model(kind), UNEVEN)
-    res = export_model(model, None, tmp_path, exporter="torch")
+    # GPT-2 without its key/value cache here (tests/unit/test_export_decoder.py has the cached graph)
+    res = export_model(model, None, tmp_path, exporter="torch", cache=False)
     assert res.exporter == TORCH_EXPORTER and max(res.parity.values()) <= 1e-4
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
@@ -226,7 +227,7 @@ def test_choose_exporter(monkeypatch):
 def test_torch_and_optimum_exporters_agree(kind, tmp_path):
     """Where both exist (transformers 4.57): the same inputs, outputs, fusion and values."""
     model = apply_plan(tiny_model(kind), UNEVEN)
-    ours = export_model(model, None, tmp_path / "torch", exporter="torch")
+    ours = export_model(model, None, tmp_path / "torch", exporter="torch", cache=False)
     theirs = export_model(model, None, tmp_path / "optimum", exporter="optimum")
     assert (ours.exporter, theirs.exporter) == (TORCH_EXPORTER, OPTIMUM_EXPORTER)
     assert ours.fused_attention == theirs.fused_attention

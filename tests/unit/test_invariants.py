@@ -177,7 +177,7 @@ COMMANDS = {
     "analyze": (["--num-sequences", "--max-length", "--batch-size", "--max-dimension", "--seed"],
                 ["analysis.json", "report.html"]),
     "evaluate": (["--batch-size", "--max-length", "--limit"], []),
-    "bench": (["--runs", "--warmup", "--batch-sizes", "--seq-lens"], []),
+    "bench": (["--runs", "--warmup", "--batch-sizes", "--seq-lens", "--prompt-len", "--new-tokens"], []),
 }
 
 

@@ -42,7 +42,7 @@ def test_valid_recipe_fills_defaults():
          r"'finetune.recovery.distill.alpha' must be a number in \[0, 1\]; got 2"),
         ({**BASE, "task": {"name": "sst2"}, "finetune": {"after": {}}}, r"unknown recipe field 'finetune.after'; allowed: base, recovery"),
         ({**BASE, "task": {"name": "sst2"}, "evaluate": {"split": "test"}}, r"'evaluate.split' must be one of dev, train"),
-        ({**BASE, "export": {"format": "onnx"}}, r"unknown recipe field 'export.format'; allowed: atol, opset, optimize, quantize"),
+        ({**BASE, "export": {"format": "onnx"}}, r"unknown recipe field 'export.format'; allowed: atol, cache, opset, optimize, quantize"),
         ({**BASE, "export": {"quantize": "int4"}}, r"'export.quantize' must be one of int8; got 'int4'"),
         ({**BASE, "seed": -1}, r"'seed' must be an integer in \[0, 4294967295\]; got -1"),
         ([1, 2], r"recipe must be a mapping"),
