@@ -335,7 +335,9 @@ def plan_budget(
     hv = [v.reshape(-1, g).sum(1) for v in hv]  # per layer [groups]
     if evaluate is not None and g > 1:
         by_heads = evaluate
-        evaluate = lambda heads, neurons: by_heads(_heads_of_groups(heads, g), neurons)  # noqa: E731
+
+        def evaluate(heads: dict[int, list[int]], neurons: dict[int, list[int]]) -> float:
+            return by_heads(_heads_of_groups(heads, g), neurons)  # the loss masks query heads
     total_h, total_n = sum(units.heads_per_layer), sum(units.ffn_per_layer)
     full = ch * total_h + cn * total_n
     budget = target.share * full
