@@ -119,6 +119,10 @@ def distance(model, reference: list, data: list[Batch]) -> tuple[float, float, f
     return err / norm, kl / count, nll / predicted
 
 
+def sig(x: float) -> float:
+    return float(f"{x:.3g}")  # three significant digits: errors span 1e-5 .. 1
+
+
 def scores(model, name: str, data: list[Batch], **params):
     a = adapter_for(model)
     s = SCORERS.get(name)(**params)
@@ -189,9 +193,9 @@ def main() -> None:
                 "flops_budget": share, "scorer": name,
                 "flops_kept": round(encoder_flops_per_token(kept) / encoder_flops_per_token(layout), 4),
                 "heads_kept": sum(kept.heads_per_layer), "ffn_kept": sum(kept.ffn_per_layer),
-                "hidden_err_surgery": round(surgery[0], 4), "hidden_err_reconstructed": round(after[0], 4),
+                "hidden_err_surgery": sig(surgery[0]), "hidden_err_reconstructed": sig(after[0]),
                 "hidden_ratio": round(after[0] / surgery[0], 3),
-                "kl_surgery": round(surgery[1], 5), "kl_reconstructed": round(after[1], 5),
+                "kl_surgery": sig(surgery[1]), "kl_reconstructed": sig(after[1]),
                 "kl_ratio": round(after[1] / surgery[1], 3),
                 "lm_loss_surgery": round(surgery[2], 3), "lm_loss_reconstructed": round(after[2], 3),
                 "reconstruct_s": round(seconds, 1),
