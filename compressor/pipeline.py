@@ -87,7 +87,7 @@ def run_recipe(
     _check_units_left(adapter_for(net).layout(), recipe)
     task_data = _task_data(recipe, net)  # bad task input fails here, before hours of work
     if recipe.budget is not None:  # an impossible budget fails before any work too
-        check_budget(adapter_for(net).layout(), recipe.budget, _has_bias(net))
+        check_budget(adapter_for(net).layout(), recipe.budget, _has_bias(net), _ffn_bias(net))
     evaluations: dict[str, EvalSummary] = {}
     finetuning: dict[str, FinetuneSummary] = {}
     base_dir = None  # the fine-tuned, unpruned base, kept as base_model/ so the comparison can be redone
@@ -290,6 +290,12 @@ def _has_bias(net) -> bool:
     return a.module(0, "qkv" if a.spec.qkv is not None else "query").bias is not None
 
 
+def _ffn_bias(net) -> bool:
+    """Whether the FFN input projections carry biases (BERT's do, a gated Llama FFN's not;
+    Qwen2 has q/k/v biases but none in its FFN), for the parameter costs."""
+    return adapter_for(net).has_bias("ffn_in")
+
+
 def _budget_plan(net, adapter, layout, recipe: Recipe, results, batches, source: dict, progress: bool) -> PruningPlan:
     """targets.budget: the planner decides; a measured split gets a calibration-loss callback."""
     from .masking import CalibrationLoss
@@ -300,7 +306,7 @@ def _budget_plan(net, adapter, layout, recipe: Recipe, results, batches, source:
         evaluate = CalibrationLoss(net, adapter, batches, progress=progress)
         source = {**source, "split_loss": evaluate.mode}
     return plan_budget(layout, results[b.head_scorer].heads, results[b.neuron_scorer].neurons, b,
-                       evaluate=evaluate, bias=_has_bias(net), source=source)
+                       evaluate=evaluate, bias=_has_bias(net), source=source, ffn_bias=_ffn_bias(net))
 
 
 def _reconstruct_batches(recipe: Recipe, tokenizer, net, batches):

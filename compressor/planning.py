@@ -106,17 +106,17 @@ def check_floors(layout: Layout, heads: HeadTarget | None = None, neurons: Neuro
     the layer and the most the model allows. Layers already emptied (0 units) are not
     counted: no floor applies to what is gone. Pure, so the pipeline runs it before any work."""
     checks = []
+    # with head groups the head floors count key/value groups (plan_heads and plan_budget keep whole groups)
+    grouped = layout.group_size > 1
+    head_units = layout.groups_per_layer if grouped else layout.heads_per_layer
+    head_kind = "head groups" if grouped else "heads"
     if heads is not None:
-        # with head groups the floor counts key/value groups (plan_heads keeps whole groups)
-        grouped = layout.group_size > 1
-        checks.append(("targets.heads.min_per_layer", heads.min_per_layer,
-                       layout.groups_per_layer if grouped else layout.heads_per_layer,
-                       "head groups" if grouped else "heads"))
+        checks.append(("targets.heads.min_per_layer", heads.min_per_layer, head_units, head_kind))
     if neurons is not None:
         checks.append(("targets.neurons.min_per_layer", neurons.min_per_layer, layout.ffn_per_layer, "neurons"))
     if budget is not None:
         checks.append(("targets.budget.min_heads_per_layer (or min_per_layer)", budget.min_heads_per_layer,
-                       layout.heads_per_layer, "heads"))
+                       head_units, head_kind))
         checks.append(("targets.budget.min_neurons_per_layer (or min_per_layer)", budget.min_neurons_per_layer,
                        layout.ffn_per_layer, "neurons"))
     for name, floor, sizes, kind in checks:
@@ -157,34 +157,41 @@ def make_plan(
 
 # --- one budget for heads and neurons (targets.budget) ---------------------------------
 #
-# Every head and neuron is costed by what it carries. FLOPs per token (the definition of
-# metrics.encoder_flops_per_token, seq 128): a head 8*d*dh + 4*seq*dh (its q/k/v rows,
-# out-projection columns, scores and context), a neuron 4*d (its ffn_in row and ffn_out
-# column). Parameters: the weights and biases the unit owns, a head 4*d*dh + 3*dh (q/k/v
-# rows with biases, out-projection columns; the out bias is shared), a neuron 2*d + 1.
-# A layout has one hidden size and head size, so all heads cost the same, as do all
-# neurons; the share kept is the kept cost over the cost of every unit.
+# Every unit a plan removes is costed by what it carries (Layout.unit_costs, in
+# compressor/arch): an attention unit is a head with its own k/v, or with grouped-query
+# attention a whole key/value group (G query heads with their key and value head: the
+# budget, like targets.heads, never splits a group); an FFN unit is a channel (its row of
+# each input projection, gate and up when gated, and its column of the out projection).
+# FLOPs per token are the terms of metrics.encoder_flops_per_token (seq 128); parameters
+# the weights and biases a unit owns. A layout has one hidden size, head size and group
+# size, so all attention units cost the same, as do all channels; the share kept is the
+# kept cost over the cost of every unit: the transformer layers only (embeddings, norms
+# and a decoder's LM head are outside the budget, as in metrics.json's flops_kept_share).
 
 Evaluate = Callable[[dict[int, list[int]], dict[int, list[int]]], float]
 
 
-def unit_costs(layout: Layout, kind: str, seq_len: int = FLOPS_SEQ_LEN, bias: bool = True) -> tuple[int, int]:
-    """(cost of one head, cost of one neuron) in FLOPs per token or parameters."""
-    d, dh = layout.hidden_size, layout.head_dim
-    if kind == "flops":
-        return 8 * d * dh + 4 * seq_len * dh, 4 * d
-    if kind == "params":
-        return 4 * d * dh + (3 * dh if bias else 0), 2 * d + (1 if bias else 0)
-    raise ValueError(kind)
+def unit_costs(layout: Layout, kind: str, seq_len: int = FLOPS_SEQ_LEN, bias: bool = True,
+               ffn_bias: bool | None = None) -> tuple[int, int]:
+    """(cost of one attention unit, cost of one neuron) in FLOPs per token or parameters.
+    The attention unit is a head, or with head groups a key/value group of
+    ``layout.group_size`` query heads. ``bias``: the q/k/v projections carry biases;
+    ``ffn_bias``: the FFN input projections do (None: same as ``bias``)."""
+    return layout.unit_costs(kind, seq_len, bias, bias if ffn_bias is None else ffn_bias)
 
 
-def budget_shares(layout: Layout, kept: Layout, bias: bool = True) -> dict[str, float]:
+def _units_cost(layout: Layout, ch: int, cn: int) -> int:
+    """Cost of a layout's attention units (key/value groups) and neurons."""
+    return ch * sum(layout.groups_per_layer) + cn * sum(layout.ffn_per_layer)
+
+
+def budget_shares(layout: Layout, kept: Layout, bias: bool = True, ffn_bias: bool | None = None) -> dict[str, float]:
     """Share of encoder FLOPs per token and of head/neuron parameters ``kept`` keeps."""
     out = {}
     for kind in ("flops", "params"):
-        ch, cn = unit_costs(layout, kind, bias=bias)
-        full = ch * sum(layout.heads_per_layer) + cn * sum(layout.ffn_per_layer)
-        out[kind] = (ch * sum(kept.heads_per_layer) + cn * sum(kept.ffn_per_layer)) / full if full else 1.0
+        ch, cn = unit_costs(layout, kind, bias=bias, ffn_bias=ffn_bias)
+        full = _units_cost(layout, ch, cn)
+        out[kind] = _units_cost(kept, ch, cn) / full if full else 1.0
     return out
 
 
@@ -192,23 +199,20 @@ def _floors(sizes: tuple[int, ...], floor: int) -> np.ndarray:
     return np.minimum(np.asarray(sizes, dtype=np.int64), floor)
 
 
-def check_budget(layout: Layout, target: BudgetTarget, bias: bool = True) -> None:
+def check_budget(layout: Layout, target: BudgetTarget, bias: bool = True, ffn_bias: bool | None = None) -> None:
     """A budget below what the per-layer floors keep is impossible: one line naming the
-    smallest achievable share. Pure, so the pipeline runs it before any work."""
-    if layout.group_size > 1 or layout.ffn_inputs != 1:
-        # unit_costs prices a head with its own k/v rows and a neuron with two projections
-        raise RecipeError("recipe field 'targets.budget' does not support head groups or gated FFNs yet "
-                          f"(this model: {layout.group_size} query heads per key/value head, {layout.ffn_inputs} "
-                          "FFN input projections); use targets.heads and targets.neurons")
-    ch, cn = unit_costs(layout, target.kind, bias=bias)
-    full = ch * sum(layout.heads_per_layer) + cn * sum(layout.ffn_per_layer)
-    fh = int(_floors(layout.heads_per_layer, target.min_heads_per_layer).sum())
+    smallest achievable share. With head groups the head floor counts key/value groups
+    (as targets.heads.min_per_layer does). Pure, so the pipeline runs it before any work."""
+    ch, cn = unit_costs(layout, target.kind, bias=bias, ffn_bias=ffn_bias)
+    full = _units_cost(layout, ch, cn)
+    fh = int(_floors(layout.groups_per_layer, target.min_heads_per_layer).sum())
     fn = int(_floors(layout.ffn_per_layer, target.min_neurons_per_layer).sum())
     least = (ch * fh + cn * fn) / full
     if target.share < least:
+        heads = "head group(s)" if layout.group_size > 1 else "head(s)"
         raise RecipeError(
             f"recipe field 'targets.budget.{target.kind}' is {target.share:g}, but keeping "
-            f"{target.min_heads_per_layer} head(s) and {target.min_neurons_per_layer} neuron(s) per layer "
+            f"{target.min_heads_per_layer} {heads} and {target.min_neurons_per_layer} neuron(s) per layer "
             f"(min_per_layer) keeps {least:.4f} of the {target.kind}; the smallest achievable budget is {least:.4f}"
         )
 
@@ -298,6 +302,7 @@ def plan_budget(
     evaluate: Evaluate | None = None,
     bias: bool = True,
     source: dict | None = None,
+    ffn_bias: bool | None = None,
 ) -> PruningPlan:
     """Heads and neurons to remove so at most ``target.share`` of the cost stays.
 
@@ -310,23 +315,40 @@ def plan_budget(
     kinds), each kind ranked model-wide (``global``) and/or by share of each layer
     (``per_layer``: a unit's rank within its layer over the layer's size), every
     candidate scored by ``evaluate(removed heads, removed neurons)`` (calibration loss,
-    lower is better); the best is kept. How it was chosen goes into plan.source."""
+    lower is better); the best is kept. How it was chosen goes into plan.source.
+
+    With head groups (``layout.group_size`` G > 1) the attention units are key/value
+    groups: a group scores the sum of its query heads' scores (as in ``plan_heads``),
+    costs ``unit_costs``' group price, and the head floors count groups; the Fisher
+    matrix of a layer's groups is its heads' summed in G x G blocks (removing a set of
+    groups removes the union of their heads, so 1_R^T F 1_R is unchanged). ``evaluate``
+    and the plan see query heads."""
     hv = [np.asarray(v, dtype=np.float64) for v in head_scores.values]
     nv = [np.asarray(v, dtype=np.float64) for v in neuron_scores.values]
     _check_shapes("head", [len(v) for v in hv], list(layout.heads_per_layer), head_scores.scorer)
     _check_shapes("neuron", [len(v) for v in nv], list(layout.ffn_per_layer), neuron_scores.scorer)
-    check_budget(layout, target, bias)
-    ch, cn = unit_costs(layout, target.kind, bias=bias)
-    total_h, total_n = sum(layout.heads_per_layer), sum(layout.ffn_per_layer)
+    check_budget(layout, target, bias, ffn_bias)
+    ch, cn = unit_costs(layout, target.kind, bias=bias, ffn_bias=ffn_bias)
+    g = layout.group_size
+    # From here on heads_per_layer counts attention units (key/value groups; heads when G = 1).
+    units = dataclasses.replace(layout, heads_per_layer=layout.groups_per_layer, group_size=1)
+    hv = [v.reshape(-1, g).sum(1) for v in hv]  # per layer [groups]
+    if evaluate is not None and g > 1:
+        by_heads = evaluate
+
+        def evaluate(heads: dict[int, list[int]], neurons: dict[int, list[int]]) -> float:
+            return by_heads(_heads_of_groups(heads, g), neurons)  # the loss masks query heads
+    total_h, total_n = sum(units.heads_per_layer), sum(units.ffn_per_layer)
     full = ch * total_h + cn * total_n
     budget = target.share * full
-    fh_l = _floors(layout.heads_per_layer, target.min_heads_per_layer)
-    fn_l = _floors(layout.ffn_per_layer, target.min_neurons_per_layer)
+    fh_l = _floors(units.heads_per_layer, target.min_heads_per_layer)
+    fn_l = _floors(units.ffn_per_layer, target.min_neurons_per_layer)
     info: dict = {
         "asked": {target.kind: target.share},
         "head_scorer": target.head_scorer, "neuron_scorer": target.neuron_scorer,
         "min_heads_per_layer": target.min_heads_per_layer, "min_neurons_per_layer": target.min_neurons_per_layer,
-        "unit_cost": {"head": ch, "neuron": cn, "unit": target.kind},
+        # "head": the cost of one attention unit, a key/value group of query_heads_per_unit query heads
+        "unit_cost": {"head": ch, "neuron": cn, "unit": target.kind, "query_heads_per_unit": g},
         "split": target.split,
     }
 
@@ -335,36 +357,42 @@ def plan_budget(
         ln, in_, forced_n = _keep_order(nv, fn_l)
         kh = _head_counts(budget, ch, cn, forced_h, forced_n, total_h, total_n)
         kn = _neurons_for(budget, kh, ch, cn, total_n)
-        cum_h = np.concatenate([[0.0], np.cumsum(np.concatenate(hv)[_flat(lh, ih, layout.heads_per_layer)])])
-        cum_n = np.concatenate([[0.0], np.cumsum(np.concatenate(nv)[_flat(ln, in_, layout.ffn_per_layer)])])
+        cum_h = np.concatenate([[0.0], np.cumsum(np.concatenate(hv)[_flat(lh, ih, units.heads_per_layer)])])
+        cum_n = np.concatenate([[0.0], np.cumsum(np.concatenate(nv)[_flat(ln, in_, units.ffn_per_layer)])])
         kept_score = cum_h[kh] + cum_n[kn]
         best = int(np.lexsort((kh * ch + kn * cn, kept_score))[-1])  # highest score, then most budget used
         kh_best, kn_best = int(kh[best]), int(kn[best])
-        heads = _removed(lh, ih, kh_best, layout.heads_per_layer)
-        neurons = _removed(ln, in_, kn_best, layout.ffn_per_layer)
+        heads = _removed(lh, ih, kh_best, units.heads_per_layer)
+        neurons = _removed(ln, in_, kn_best, units.ffn_per_layer)
         info["search"] = {
             "method": "Kwon et al. 2022: for every head count, best heads + best neurons filling the budget",
-            "heads_kept": kh_best, "neurons_kept": kn_best, "head_counts_tried": len(kh),
+            "heads_kept": kh_best * g, "neurons_kept": kn_best, "head_counts_tried": len(kh),
             "kept_score": float(kept_score[best]), "removed_score": float(cum_h[-1] + cum_n[-1] - kept_score[best]),
         }
+        if g > 1:
+            info["search"]["head_groups_kept"] = kh_best
         blocks_h = head_scores.extras.get("_fisher_blocks")
         blocks_n = neuron_scores.extras.get("_fisher_blocks")
         if target.rearrange and blocks_h is not None and blocks_n is not None:
-            heads, rh = _rearrange(heads, hv, blocks_h)
+            heads, rh = _rearrange(heads, hv, [_group_block(b, g) for b in blocks_h])
             neurons, rn = _rearrange(neurons, nv, blocks_n)
             info["rearrangement"] = {"heads": rh, "neurons": rn}
     else:
         if evaluate is None:
             raise ValueError("a measured split needs an evaluate callback")
         heads, neurons, info["candidates"], info["chosen"], probes = _measured_split(
-            layout, hv, nv, fh_l, fn_l, budget, ch, cn, target, evaluate)
+            units, hv, nv, fh_l, fn_l, budget, ch, cn, target, evaluate)
+        if g > 1:  # candidates count query heads, as everywhere else in plan.json
+            for c in info["candidates"]:
+                c["head_groups_kept"], c["heads_kept"] = c["heads_kept"], c["heads_kept"] * g
         if probes is not None:
-            info["probes"] = probes
+            info["probes"] = probes  # with head groups, "removed" counts groups
 
+    heads = _heads_of_groups(heads, g)
     plan = PruningPlan.build(heads, neurons)
     kept = plan.kept_layout(layout)
-    kept_cost = ch * sum(kept.heads_per_layer) + cn * sum(kept.ffn_per_layer)
-    info["achieved"] = {**budget_shares(layout, kept, bias), "heads_kept": sum(kept.heads_per_layer),
+    kept_cost = _units_cost(kept, ch, cn)
+    info["achieved"] = {**budget_shares(layout, kept, bias, ffn_bias), "heads_kept": sum(kept.heads_per_layer),
                         "neurons_kept": sum(kept.ffn_per_layer)}
     info["budget_cost"] = budget
     info["kept_cost"] = kept_cost
@@ -372,6 +400,20 @@ def plan_budget(
     src = dict(source or {})
     src["budget"] = info
     return PruningPlan.build(heads, neurons, src)
+
+
+def _heads_of_groups(groups: dict[int, list[int]], g: int) -> dict[int, list[int]]:
+    """Layer -> removed key/value groups as layer -> their query heads (g*G .. g*G+G-1)."""
+    if g == 1:
+        return groups
+    return {layer: [h for grp in sorted(gs) for h in range(grp * g, (grp + 1) * g)] for layer, gs in groups.items()}
+
+
+def _group_block(block, g: int) -> np.ndarray:
+    """A layer's [heads, heads] Fisher matrix as [groups, groups]: sums of its G x G blocks."""
+    b = np.asarray(block, dtype=np.float64)
+    n = b.shape[0] // g
+    return b.reshape(n, g, n, g).sum(axis=(1, 3))
 
 
 def _flat(layer: np.ndarray, index: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:

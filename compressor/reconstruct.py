@@ -6,7 +6,8 @@ and bias can be re-fit in closed form so that each layer's output again matches 
 unpruned model's on calibration inputs.
 
 Per sublayer the model computes the residual sum r = proj(x) + h (before BERT's post-norm;
-GPT-2 has no norm after it). With u the unpruned and p the pruned model on the same tokens,
+GPT-2 and the pre-norm LLaMA family have no norm after it: r is the next norm's input or
+the layer's output, as the ArchSpec's attn_residual_sum / ffn_residual_sum say). With u the unpruned and p the pruned model on the same tokens,
 the pruned projection's target is T = r_u - h_p: the unpruned residual sum minus the pruned
 model's own residual input, so the fitted projection makes the pruned residual sum equal the
 unpruned one. With X = [x_p, 1] (the ones column carries the bias) and W~ = [W^T; b]:
@@ -25,7 +26,9 @@ squared error vs the unpruned layer output, on the calibration tokens) larger is
 so reconstruction never increases a layer's error over what it was before its own refit.
 
 A layer left with no heads (or no neurons) has a zero-width projection: only the bias is
-fit, and it becomes the mean target.
+fit, and it becomes the mean target. A projection without bias (LLaMA's o_proj and
+down_proj) is fit without the ones column, every weight under the ridge; with no inputs
+left it has nothing to fit and is left as it is (no entry in the layer's fits).
 """
 
 from __future__ import annotations
@@ -215,28 +218,41 @@ def _trace(model: nn.Module, adapter: Adapter, batches: Sequence[Batch], masks: 
 # -- the fit ---------------------------------------------------------------------------
 
 
+def _has_bias(proj: nn.Module) -> bool:
+    # LLaMA-style o_proj / down_proj have none: they are fit without the ones column
+    return getattr(proj, "bias", None) is not None
+
+
 def _current(proj: nn.Module) -> torch.Tensor:
-    # [in+1, out]: the weight as [in, out] with the bias as the last row
+    # [in+1, out]: the weight as [in, out] with the bias as the last row ([in, out] without a bias)
     w = proj.weight.detach()
     w_in_out = w if is_conv1d(proj) else w.t()
+    if not _has_bias(proj):
+        return w_in_out.double()
     return torch.cat([w_in_out, proj.bias.detach()[None, :]]).double()
 
 
 @torch.no_grad()
 def _assign(proj: nn.Module, sol: torch.Tensor) -> None:
-    w_in_out, bias = sol[:-1], sol[-1]  # [in, out], [out]
+    biased = _has_bias(proj)
+    w_in_out = sol[:-1] if biased else sol  # [in, out]
     proj.weight.copy_(w_in_out if is_conv1d(proj) else w_in_out.t())
-    proj.bias.copy_(bias)
+    if biased:
+        proj.bias.copy_(sol[-1])  # [out]
 
 
-def solve_ridge(gram: torch.Tensor, cross: torch.Tensor, current: torch.Tensor, ridge: float) -> torch.Tensor:
+def solve_ridge(gram: torch.Tensor, cross: torch.Tensor, current: torch.Tensor, ridge: float,
+                bias: bool = True) -> torch.Tensor:
     """argmin ||X W - T||^2 + lambda ||W[:-1] - current[:-1]||^2 from gram = X^T X
     ([in+1, in+1], last column the ones) and cross = X^T T ([in+1, out]); the bias row is
-    not penalized. lambda = ridge * mean diagonal of the inputs' Gram. Returns [in+1, out]."""
-    n_in = gram.shape[0] - 1
+    not penalized. lambda = ridge * mean diagonal of the inputs' Gram. Returns [in+1, out].
+    ``bias=False`` (a projection without bias): X has no ones column, every row is
+    penalized, and the shapes are [in, in], [in, out]."""
+    n_in = gram.shape[0] - (1 if bias else 0)
     lam = ridge * float(gram.diagonal()[:n_in].mean()) if n_in else 0.0
-    pen = torch.full((n_in + 1,), lam, dtype=gram.dtype)
-    pen[-1] = 0.0
+    pen = torch.full((gram.shape[0],), lam, dtype=gram.dtype)
+    if bias:
+        pen[-1] = 0.0
     lhs = gram + torch.diag(pen)
     rhs = cross + pen[:, None] * current
     if lam > 0:  # positive definite: the bias block is the token count, the rest X^T X + lam I
@@ -307,13 +323,21 @@ def reconstruct(
         fit = LayerFit(layer, surgery[layer], err)
         for k, kind in enumerate(kinds):
             proj = adapter_pruned.module(layer, SUBLAYERS[kind][0])
-            old = _current(proj)
-            gram, cross = stats[kind]
-            _assign(proj, solve_ridge(gram, cross, old, cfg.ridge))
             nxt = kinds[k + 1 : k + 2]
+            gram, cross = stats[kind]
+            if gram.shape[0] == 0:
+                # a projection without bias and without inputs (an emptied LLaMA sublayer
+                # returns zeros): nothing to fit; the next sublayer's statistics still
+                # need a pass (rare: a layer emptied of heads or neurons)
+                if nxt:
+                    _, stats, _ = run(nxt)
+                continue
+            old = _current(proj)
+            biased = _has_bias(proj)
+            _assign(proj, solve_ridge(gram, cross, old, cfg.ridge, bias=biased))
             new_err, new_stats, new_outs = run(nxt)
             kept = new_err <= err
-            fit.fits.append(SublayerFit(kind, int(gram.shape[0] - 1), err, new_err if kept else err, kept))
+            fit.fits.append(SublayerFit(kind, int(gram.shape[0]) - int(biased), err, new_err if kept else err, kept))
             if kept:
                 err, outs, stats = new_err, new_outs, new_stats
             else:
@@ -348,6 +372,7 @@ def _reference_layer(model, adapter, layer, inputs: _Inputs, masks):
 
 def _pruned_pass(adapter, layer, inputs: _Inputs, masks, ref, collect: Sequence[str]):
     tap = _Tap(adapter, layer)
+    biased = {kind: _has_bias(adapter.module(layer, SUBLAYERS[kind][0])) for kind in collect}
     stats = {}
     sq_err = sq_ref = 0.0
     outs = []
@@ -364,7 +389,10 @@ def _pruned_pass(adapter, layer, inputs: _Inputs, masks, ref, collect: Sequence[
                 x = tap.got[f"{kind}.x"][mask].double()  # [tokens, in]
                 # target T = r_u - h_p with h_p = r_p - y_p: [tokens, out]
                 target = u[f"{kind}.r"].double() - tap.got[f"{kind}.r"][mask].double() + tap.got[f"{kind}.y"][mask].double()
-                xa = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # [tokens, in+1]
+                if biased[kind]:
+                    xa = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)  # [tokens, in+1]
+                else:
+                    xa = x  # no bias to fit: [tokens, in]
                 gram, cross = stats.get(kind, (0.0, 0.0))
                 stats[kind] = (gram + (xa.t() @ xa).cpu(), cross + (xa.t() @ target).cpu())
     finally:

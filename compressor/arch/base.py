@@ -192,6 +192,31 @@ class Layout:
         """Key/value heads per layer (= heads_per_layer without groups)."""
         return tuple(h // self.group_size for h in self.heads_per_layer)
 
+    def unit_costs(self, kind: str, seq_len: int, qkv_bias: bool = True, ffn_bias: bool = True) -> tuple[int, int]:
+        """(cost of one attention unit, cost of one FFN channel): the units a plan removes.
+
+        An attention unit is a key/value group: its G = group_size query heads (their q
+        rows, out-projection columns, scores and context) with its one key and one value
+        head (their k/v rows); without groups (G = 1) one head with its own k/v. An FFN
+        channel is its row of every input projection (gate and up of a gated FFN) and its
+        column of the out projection. With d the hidden size, dh the head size, I the FFN
+        input projections:
+
+        - ``flops``: multiply-adds x 2 per token at ``seq_len``, exactly the terms of
+          ``metrics.encoder_flops_per_token``: a group 2*d*dh*(2G + 2) + 4*seq*G*dh
+          (q 2*d*G*dh, k and v 2*d*2*dh, out 2*G*dh*d, scores and context 4*seq*G*dh),
+          a channel 2*(I + 1)*d.
+        - ``params``: the weights and biases the unit owns (out-projection biases are
+          shared, so not owned): a group d*dh*(2G + 2), plus (G + 2)*dh with q/k/v
+          biases; a channel (I + 1)*d, plus I with input-projection biases.
+        """
+        d, dh, g, fi = self.hidden_size, self.head_dim, self.group_size, self.ffn_inputs
+        if kind == "flops":
+            return 2 * d * dh * (2 * g + 2) + 4 * seq_len * g * dh, 2 * (fi + 1) * d
+        if kind == "params":
+            return d * dh * (2 * g + 2) + ((g + 2) * dh if qkv_bias else 0), (fi + 1) * d + (fi if ffn_bias else 0)
+        raise ValueError(f"unknown cost kind {kind!r}; allowed: flops, params")
+
     def to_json(self) -> dict:
         d = {
             "heads_per_layer": list(self.heads_per_layer),
@@ -301,6 +326,11 @@ class Adapter:
         if self.spec.kv_cache is None:
             return []
         return [(self.kv_heads(i), self.head_dim(i)) for i in range(len(self.layers))]
+
+    def has_bias(self, role: str) -> bool:
+        """Whether every module of a role carries a bias (Qwen2's q/k/v do, Llama's do not;
+        BERT's all do): what the parameter costs of a unit count."""
+        return all(m.bias is not None for m in self.modules(0, role))
 
     def ffn_size(self, layer: int) -> int:
         return out_features(self.modules(layer, "ffn_in")[0]) // self.spec.ffn_in_chunks

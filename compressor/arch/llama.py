@@ -27,6 +27,10 @@ LLAMA = register(
         empty_attention_returns="projection",
         attention_maps_by_class=True,
         empty_ffn_returns="zeros",
+        # pre-norm: h + attn(norm(h)) is post_attention_layernorm's input, and
+        # h' + mlp(norm(h')) the layer's output (reconstruct's targets, as GPT-2's)
+        attn_residual_sum="post_attention_layernorm",
+        ffn_residual_sum="",
         norm="rmsnorm",
         onnx_inputs=("input_ids", "attention_mask", "position_ids"),
         ort_model_type=None,

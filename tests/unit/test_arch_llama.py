@@ -256,12 +256,3 @@ def test_flops_count_shared_key_values_and_the_gate():
     assert encoder_flops_per_token(layout, seq) == LAYERS * per_layer
     plain = Layout(layout.heads_per_layer, layout.ffn_per_layer, dh, d)  # BERT's formula unchanged
     assert encoder_flops_per_token(plain, seq) == LAYERS * (2 * d * 3 * w + 2 * w * d + 4 * seq * w + 4 * d * f)
-
-
-def test_budget_refuses_decoder_layouts_it_cannot_price():
-    from compressor.planning import check_budget
-    from compressor.recipe import BudgetTarget
-
-    target = BudgetTarget(kind="flops", share=0.5, head_scorer="magnitude", neuron_scorer="magnitude")
-    with pytest.raises(RecipeError, match="'targets.budget' does not support head groups or gated FFNs"):
-        check_budget(adapter_for(MODELS["llama"]).layout(), target)
