@@ -21,6 +21,9 @@ MODERNBERT = register(
         ffn_in=("mlp.Wi",),
         ffn_in_chunks=2,
         ffn_out="mlp.Wo",
+        # pre-norm: the attention's residual sum is what mlp_norm reads, the FFN's the layer output
+        attn_residual_sum="mlp_norm",
+        ffn_residual_sum="",
         num_heads="num_heads",
         head_dim="head_dim",
         width_attrs=("all_head_size",),

@@ -354,11 +354,12 @@ def test_adapter_that_does_not_fit_names_the_missing_module():
         adapter_for(model)
 
 
-@pytest.mark.parametrize("kind", ["distilbert", "electra", "xlm-roberta"])
-def test_reconstruct_refits_post_norm_families(kind):
-    """These families declare where each sublayer's residual sum is read (DistilBERT:
-    sa_layer_norm / output_layer_norm), so the reconstruct stage runs on them and never
-    makes a layer worse."""
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_reconstruct_refits_every_family(kind):
+    """Every family declares where each sublayer's residual sum is read (DistilBERT:
+    sa_layer_norm / output_layer_norm; the pre-norm ModernBERT: mlp_norm's input and the
+    layer output; Phi-3 as Llama), so the reconstruct stage runs on them and never makes
+    a layer worse on its calibration data."""
     from compressor.data.calibration import Batch
     from compressor.recipe import ReconstructConfig
     from compressor.reconstruct import reconstruct
