@@ -240,3 +240,11 @@ def test_calibration_can_skip_wikitext_headings(work):
                                 max_length=64, skip_headings=skip)
         counts[skip] = sum(b.input_ids.shape[0] for b in calibration_batches(cfg, tok, config, 0))
     assert counts == {False: len(lines), True: len(lines) - headings}
+
+
+def test_shipped_llama_recipe_is_valid():
+    from compressor.recipe import load_recipe
+
+    r = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "llama-wikitext.yaml")
+    assert r.task.perplexity and r.task.stride == 64 and r.calibration.skip_headings
+    assert r.scorers[0].params["label_free"] == "lm" and r.heads.scorer == "fisher" == r.neurons.scorer
