@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CompressorError
-from ..recipe import PERPLEXITY_TASKS, is_perplexity_task  # noqa: F401  (re-exported; torch-free there)
+from ..recipe import PERPLEXITY_TASKS, is_perplexity_task  # re-exported; defined torch-free there
 
 METHOD = "sliding window (Hugging Face perplexity guide): every token after the first scored once"
 DEFAULT_MAX_LENGTH = 1024  # or the model's positions when fewer
@@ -273,5 +273,16 @@ def perplexity(runner, ids: torch.Tensor, max_length: int, stride: int, batch_si
     )
 
 
-__all__ = ["PERPLEXITY_TASKS", "PerplexityResult", "TorchLM", "OnnxLM", "is_perplexity_task", "lm_runner_for",
-           "perplexity", "read_text_file", "resolve_lengths", "token_stream", "windows"]
+__all__ = [
+    "PERPLEXITY_TASKS",
+    "OnnxLM",
+    "PerplexityResult",
+    "TorchLM",
+    "is_perplexity_task",
+    "lm_runner_for",
+    "perplexity",
+    "read_text_file",
+    "resolve_lengths",
+    "token_stream",
+    "windows",
+]

@@ -17,9 +17,9 @@ from compressor.errors import RecipeError
 from compressor.head_distances import token_metric_means
 from compressor.scorers import SCORERS, ScoringContext
 from compressor.scorers.base import CaptureBatch, Scorer
-from compressor.scorers.head_types import FEATURES, distance_features, key_categories
-from compressor.scorers.specs import SPECS
+from compressor.scorers.head_types import distance_features, key_categories
 from compressor.scorers.sieve_roles import POSITIONAL, causal_keys, positional_sieves, sieve_bias
+from compressor.scorers.specs import SPECS
 from tests.decoders import decoder, padded_batch
 
 KINDS = ["llama", "gpt2"]

@@ -205,8 +205,8 @@ WIKI = {"name": "wikitext", "data_file": "w.txt"}
     ({**BASE, "task": WIKI, "finetune": {"base": {}}}, r"'finetune' fine-tunes on a GLUE task; task wikitext"),
     ({**BASE, "task": WIKI, "evaluate": {"split": "dev"}}, r"'evaluate.split' applies to GLUE tasks"),
     ({**BASE, "task": {"name": "wiki"}}, r"or wikitext: perplexity of a causal LM on a text file\)"),
-    ({**BASE, "calibration": {"skip_headings": True}}, r"'calibration.skip_headings' applies to calibration.source "
-                                                        r"text_file; the source is random_tokens"),
+    ({**BASE, "calibration": {"skip_headings": True}},
+     r"'calibration.skip_headings' applies to calibration.source text_file; the source is random_tokens"),
     ({"scorers": [{"name": "fisher", "params": {"label_free": "lmm"}}], "targets": {"heads": {"ratio": 0.5}}},
      r"label_free' must be one of output, lm"),
 ])
