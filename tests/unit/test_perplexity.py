@@ -44,11 +44,15 @@ def test_windows_score_every_token_once_with_enough_context(n, max_length, data)
     assert spans[-1][1] == n or (stride == max_length and n % stride == 1)  # a last lone token has no context
 
 
-def test_one_window_equals_the_models_own_loss():
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_one_window_equals_the_models_own_loss(kind):
+    from tests.decoders import decoder
+
+    model = MODEL if kind == "llama" else decoder(kind)
     ids = stream(40)
-    res = perplexity(TorchLM(MODEL), ids, max_length=64, stride=64)
+    res = perplexity(TorchLM(model), ids, max_length=64, stride=64)
     with torch.no_grad():
-        loss = MODEL(input_ids=ids[None], labels=ids[None], use_cache=False).loss
+        loss = model(input_ids=ids[None], labels=ids[None], use_cache=False).loss
     assert res.windows == 1 and res.scored_tokens == 39
     assert res.nll == pytest.approx(loss.item(), rel=1e-5)
     assert res.perplexity == pytest.approx(math.exp(loss.item()), rel=1e-5)
