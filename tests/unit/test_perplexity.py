@@ -251,4 +251,4 @@ def test_shipped_llama_recipe_is_valid():
 
     r = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "llama-wikitext.yaml")
     assert r.task.perplexity and r.task.stride == 64 and r.calibration.skip_headings
-    assert r.scorers[0].params["label_free"] == "lm" and r.heads.scorer == "fisher" == r.neurons.scorer
+    assert r.scorers[0].params["label_free"] == "lm" and r.heads.scorer == "fisher" and r.neurons.scorer == "magnitude"
