@@ -151,8 +151,12 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
     if r.calibration.source == "text_file" and not Path(r.calibration.path).expanduser().is_file():
         raise CompressorError(f"calibration text file not found: {Path(r.calibration.path).expanduser()}")
     task_dir = r.task.data_dir if r.task is not None else None
+    task_file = r.task.data_file if r.task is not None else None  # task wikitext: the text scored
+    if task_file is not None and r.evaluate is not None and not Path(task_file).expanduser().is_file():
+        raise CompressorError(f"task.data_file not found: {Path(task_file).expanduser()}")
     _precheck((model or r.model,), output if output is not None else default_output(r), overwrite,
-              inputs=(recipe, r.calibration.path if r.calibration.source == "text_file" else None, task_dir))
+              inputs=(recipe, r.calibration.path if r.calibration.source == "text_file" else None, task_dir,
+                      task_file))
     from .pipeline import run_recipe
     from .results import RunMetrics
 
@@ -169,6 +173,10 @@ def main(ctx, recipe, output, model, calibration_text, overwrite, quiet):
         shown = ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items())
         batch = f", batch {res.batch_size}" if res.batching else ""
         click.echo(f"{res.task} {res.split} ({kind}, {res.examples} examples{batch}): {shown}")
+    for kind, p in (run.perplexity or {}).items():
+        batch = f", batch {p.batch_size}" if p.batching else ""
+        click.echo(f"{p.task} {Path(p.source).name} ({kind}, {p.scored_tokens:,} tokens scored{batch}): "
+                   f"perplexity {p.perplexity:.4g}")
     if run.export is not None:
         ex = run.export
         parity = ", ".join(f"{k} {v:.2g}" for k, v in ex.parity.items() if not ex.is_quantized(k))
@@ -487,21 +495,42 @@ _DATA_DIR_HELP = "Folder in the GLUE TSV layout (<dir>/SST-2/dev.tsv ...); the h
 @main.command()
 @click.option("--model", "model", required=True,
               help="A fine-tuned model folder, or an ONNX graph: a .onnx file or a folder written by 'compress export'.")
-@click.option("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli.")
+@click.option("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli; or "
+              "wikitext: perplexity of a causal language model on --data-file.")
 @click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
+@click.option("--data-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="wikitext: the plain-text file scored (e.g. wikitext-2/test.txt), read whole as one token stream.")
 @click.option("--split", default="dev", show_default=True,
               type=click.Choice(["dev", "train", "dev_matched", "dev_mismatched"]))
-@click.option("--batch-size", default=64, show_default=True, type=BoundedInt(1, MAX_BATCH))
-@click.option("--max-length", default=None, type=BoundedInt(8, 4096), help=_MAX_LENGTH_HELP)
-@click.option("--limit", default=None, type=BoundedInt(1), help="Score a seeded sample of this many examples.")
+@click.option("--batch-size", default=None, type=BoundedInt(1, MAX_BATCH),
+              help="Examples per batch (default 64); wikitext: windows per batch (default 4).")
+@click.option("--max-length", default=None, type=BoundedInt(8, 4096),
+              help=_MAX_LENGTH_HELP + " wikitext: the window (default the model's positions, at most 1024).")
+@click.option("--stride", default=None, type=BoundedInt(1, 4096),
+              help="wikitext: tokens between window starts (default max-length / 2; max-length: no overlap).")
+@click.option("--limit", default=None, type=BoundedInt(1),
+              help="Score a seeded sample of this many examples; wikitext: the first N tokens of the file.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the result as JSON here.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_path, quiet):
-    """Score a model (PyTorch or ONNX) on a GLUE task with the task's metrics."""
+@click.pass_context
+def evaluate(ctx, model, task, data_dir, data_file, split, batch_size, max_length, stride, limit, json_path, quiet):
+    """Score a model (PyTorch or ONNX) on a GLUE task with the task's metrics, or a causal
+    language model's perplexity on a text file (--task wikitext --data-file F)."""
     from .data.glue import eval_splits, glue_task
     from .model_paths import _looks_like_path
+    from .recipe import is_perplexity_task
 
+    given = {p for p in ("data_dir", "split", "data_file", "stride")
+             if ctx.get_parameter_source(p) is not click.core.ParameterSource.DEFAULT}
+    if is_perplexity_task(task):
+        return _evaluate_perplexity(model, task.lower(), data_file, given, batch_size, max_length, stride, limit,
+                                    json_path, quiet)
+    wrong = sorted(given & {"data_file", "stride"})
+    if wrong:
+        raise CompressorError(f"--{wrong[0].replace('_', '-')} applies to --task wikitext (perplexity); "
+                              f"{task} is scored as a GLUE task")
+    batch_size = 64 if batch_size is None else batch_size
     glue_task(task)  # an unknown task fails before the model loads
     local = Path(model).expanduser()
     if _looks_like_path(model) and not local.exists():
@@ -528,6 +557,60 @@ def evaluate(model, task, data_dir, split, batch_size, max_length, limit, json_p
     res = score_splits(runner, splits, batch_size, max_length, progress=not quiet)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in res.metrics.items())
     click.echo(f"{res.task} {res.split} ({runner.backend}, {res.examples} examples): {shown}")
+    if json_path is not None:
+        from .outputs import write_json_atomic
+
+        write_json_atomic(json_path, res.to_json())
+        click.echo(f"wrote {json_path}")
+
+
+def _evaluate_perplexity(model, task, data_file, given, batch_size, max_length, stride, limit, json_path, quiet):
+    """compress evaluate --task wikitext: the file and options are checked before the model loads."""
+    from .model_paths import _looks_like_path
+
+    wrong = sorted(given & {"data_dir", "split"})
+    if wrong:
+        raise CompressorError(f"--{wrong[0].replace('_', '-')} applies to GLUE tasks; --task {task} scores --data-file")
+    if data_file is None:
+        raise CompressorError(f"--task {task} needs --data-file: the plain-text file whose perplexity is measured "
+                              f"(e.g. wikitext-2/test.txt)")
+    if stride is not None and max_length is not None and stride > max_length:
+        raise CompressorError(f"--stride is {stride}, above --max-length ({max_length}); use 1..{max_length}")
+    if limit is not None and limit < 2:
+        raise CompressorError(f"--limit is {limit}; perplexity needs at least 2 tokens")
+    from .files import read_text
+
+    text = read_text(Path(data_file).expanduser(), "text file")  # missing or not UTF-8: one line, before the model
+    if not text.strip():
+        raise CompressorError(f"text file {Path(data_file).expanduser()} has no text (it is empty or only whitespace)")
+    local = Path(model).expanduser()
+    if _looks_like_path(model) and not local.exists():
+        raise CompressorError(f"model path does not exist: {model}")
+    if local.is_dir():
+        from .files import check_model_folder
+
+        check_model_folder(local)
+    if json_path is not None:
+        from .model_paths import DEFAULT_MODEL, default_model_path
+        from .outputs import check_output_file
+
+        protect = [local] if local.is_dir() else [default_model_path()] if model == DEFAULT_MODEL else []
+        check_output_file(json_path, protect=protect,
+                          inputs=[Path(data_file).expanduser()] + ([local] if local.is_file() else []))
+    from .evaluate.perplexity import DEFAULT_BATCH, lm_runner_for, perplexity, resolve_lengths, token_stream
+    from .progress import StageTimer
+
+    timer = StageTimer(not quiet)
+    with timer("load model"):
+        runner, tokenizer, config = lm_runner_for(model, attn_implementation=None)
+    max_length, stride = resolve_lengths(config, max_length, stride)
+    with timer("tokenize"):
+        ids, _ = token_stream(text, tokenizer, f"text file {data_file}")
+    res = perplexity(runner, ids, max_length, stride, batch_size or DEFAULT_BATCH, limit=limit, source=str(data_file),
+                     task=task, progress=not quiet)
+    click.echo(f"{task} {Path(data_file).name} ({runner.backend}, {res.scored_tokens:,} of {res.file_tokens:,} tokens "
+               f"scored, {res.windows} windows of {res.max_length}, stride {res.stride}): perplexity "
+               f"{res.perplexity:.4f} (mean NLL {res.nll:.4f} nats)")
     if json_path is not None:
         from .outputs import write_json_atomic
 

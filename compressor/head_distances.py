@@ -36,6 +36,16 @@ _EPS = 1e-12
 _FLAT = 1e-5
 
 
+def keys_seen(mask: torch.Tensor, q: int, causal: bool = False) -> torch.Tensor:
+    """[batch, q] float (>= 1): how many real keys each query sees: the sequence's L real
+    tokens, or for a causal model the real tokens up to and including query i (i + 1
+    under right padding; fewer under left padding)."""
+    m = mask[:, :q].float()
+    if not causal:
+        return m.sum(1, keepdim=True).clamp_min(1).expand(-1, q)
+    return m.cumsum(1).clamp_min(1)
+
+
 def query_weights(mask: torch.Tensor) -> torch.Tensor:
     """[batch, q]: 1/n_real at real query tokens, 0 at padding: a per-sequence mean."""
     m = mask.float()
@@ -68,19 +78,24 @@ def cosine_similarity(a: torch.Tensor, mask: torch.Tensor, sumsq: torch.Tensor |
     return _mean_gram(a * sumsq.clamp_min(_EPS).rsqrt()[..., None], mask)  # a is shared: not in place
 
 
-def pearson_similarity(a: torch.Tensor, mask: torch.Tensor, sumsq: torch.Tensor | None = None) -> torch.Tensor:
+def pearson_similarity(a: torch.Tensor, mask: torch.Tensor, sumsq: torch.Tensor | None = None,
+                       causal: bool = False) -> torch.Tensor:
     """Mean over real query tokens of Pearson r(p_i, p_j) over the real keys: [batch, N, N].
 
     Rows sum to 1 over the L real keys, so a row's mean is 1/L and its centred squared
     norm is sum p^2 - 1/L: no separate centring pass. A row with no variance (e.g. a
-    single real key, uniform attention, or a padded query) has r defined as 0."""
+    single real key, uniform attention, or a padded query) has r defined as 0.
+    ``causal``: the samples of query i are the keys it sees (i + 1 of them), not the
+    future keys every head gives 0, which would make all heads look correlated."""
     sumsq = (a * a).sum(-1) if sumsq is None else sumsq
-    inv_len = 1 / mask.sum(1).clamp_min(1).to(a.dtype)[:, None, None]  # [batch, 1, 1]
+    inv_len = (1 / keys_seen(mask, a.shape[2], causal)).to(a.dtype)[:, None, :]  # [batch, 1, q]
     var = sumsq - inv_len  # [batch, N, q] centred squared norms
     scale = torch.where(var > _FLAT * sumsq, var.clamp_min(_EPS).rsqrt(), torch.zeros_like(var))
-    centred = (a - inv_len[..., None]).mul_(scale[..., None])
+    centred = (a - inv_len[..., None]).mul_(scale[..., None])  # [batch, N, q, k]
     if not bool(mask.all()):
         centred.mul_(mask[:, None, None, :].to(a.dtype))  # padding keys are not samples
+    if causal:  # nor are the keys after the query
+        centred.mul_(torch.ones(a.shape[2], a.shape[3], dtype=a.dtype).tril())
     return _mean_gram(centred, mask)
 
 
@@ -144,7 +159,8 @@ def _native_library(a: torch.Tensor, backend: str):
 
 
 def token_metric_means(
-    a: torch.Tensor, mask: torch.Tensor, metrics: tuple[str, ...] | list[str], backend: str = "auto"
+    a: torch.Tensor, mask: torch.Tensor, metrics: tuple[str, ...] | list[str], backend: str = "auto",
+    causal: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per sequence, the mean over real query tokens of each token metric between every
     pair of heads: {metric: [batch, N, N]}: the JS distance, or the cosine, Pearson or
@@ -157,6 +173,10 @@ def token_metric_means(
     while a cache-sized block of queries is copied, so no scaled copy of ``a`` is ever
     made. The PyTorch path runs the per-metric functions above; both agree to float32
     rounding (tested).
+
+    ``causal`` (decoders: each row is a distribution over the query's prefix): Pearson
+    takes the keys the query sees as its samples. JS, cosine and Bhattacharyya need no
+    change: keys that both rows give 0 add nothing to them.
     """
     bad = [m for m in metrics if m not in TOKEN_METRICS]
     if bad:
@@ -170,7 +190,7 @@ def token_metric_means(
         torch_fns = {
             "js": lambda: js_distance_sums(a, w, mask, backend="torch"),
             "cosine": lambda: cosine_similarity(a, mask, sumsq),
-            "correlation": lambda: pearson_similarity(a, mask, sumsq),
+            "correlation": lambda: pearson_similarity(a, mask, sumsq, causal),
             "bhattacharyya": lambda: bhattacharyya_coefficient(a, mask),
         }
         return {m: torch_fns[m]() for m in metrics}
@@ -189,8 +209,9 @@ def token_metric_means(
         grams.append("cosine"), scales.append(root_w * r), roots.append(False)
     if "correlation" in metrics:
         # Pearson over the L real keys of rows with mass m: the centred squared norm is
-        # sum p^2 - (2m - 1) / L and a centred dot is <x, y> - o_x - o_y, o = (2m - 1) / (2L)
-        length = mask.sum(1).clamp_min(1).float()[None, :, None]  # [1, batch, 1] real keys L
+        # sum p^2 - (2m - 1) / L and a centred dot is <x, y> - o_x - o_y, o = (2m - 1) / (2L);
+        # causal: L is the i + 1 keys query i sees (the rows are 0 beyond them)
+        length = keys_seen(mask, q, causal)[None]  # [1, batch, q] keys each query's row is spread over
         o = (2 * mass - 1) / (2 * length)
         var = sumsq - 2 * o
         c = torch.where(var > _FLAT * sumsq, var.clamp_min(_EPS).rsqrt(), torch.zeros_like(var))

@@ -22,6 +22,7 @@ from .data.calibration import calibration_batches, fit_length
 from .data.glue import glue_task, load_glue
 from .evaluate.glue import OnnxClassifier, TorchClassifier, eval_splits, score_splits
 from .errors import CompressorError
+from .evaluate.perplexity import OnnxLM, TorchLM
 from .finetune import finetune
 from .finite import check_finite
 from .metrics import FLOPS_SEQ_LEN, encoder_flops_per_token
@@ -33,11 +34,13 @@ from .recipe import ExportConfig, Recipe, ReconstructConfig, default_output
 from .report.html import render_report
 from .results import (
     INT8_BATCHING,
+    INT8_WINDOW_BATCHING,
     BudgetSummary,
     EvalSummary,
     ExportSummary,
     FinetuneSummary,
     LatencySummary,
+    PerplexitySummary,
     ReconstructSummary,
     RunMetrics,
     SizeSummary,
@@ -72,7 +75,9 @@ def run_recipe(
     output = Path(output) if output is not None else default_output(recipe)
     source = resolve_model(model_name)  # a missing path fails before anything else
     text = recipe.calibration.path if recipe.calibration.source == "text_file" and recipe.calibration.path else None
-    check_output(output, overwrite, protect=_local_inputs(source), inputs=_local_inputs(*([text] if text else [])))
+    scored = recipe.task.data_file if recipe.task is not None and recipe.task.data_file else None  # wikitext
+    check_output(output, overwrite, protect=_local_inputs(source),
+                 inputs=_local_inputs(*[f for f in (text, scored) if f]))
     torch.manual_seed(recipe.seed)
     timer = StageTimer(progress)
 
@@ -85,10 +90,12 @@ def run_recipe(
         _check_cache(net, recipe)
     check_floors(adapter_for(net).layout(), recipe.heads, recipe.neurons, recipe.budget)
     _check_units_left(adapter_for(net).layout(), recipe)
-    task_data = _task_data(recipe, net)  # bad task input fails here, before hours of work
+    task_data = _task_data(recipe, net, tokenizer)  # bad task input fails here, before hours of work
     if recipe.budget is not None:  # an impossible budget fails before any work too
         check_budget(adapter_for(net).layout(), recipe.budget, _has_bias(net), _ffn_bias(net))
     evaluations: dict[str, EvalSummary] = {}
+    perplexities: dict[str, PerplexitySummary] = {}  # task wikitext
+    lm_task = recipe.task is not None and recipe.task.perplexity
     finetuning: dict[str, FinetuneSummary] = {}
     base_dir = None  # the fine-tuned, unpruned base, kept as base_model/ so the comparison can be redone
 
@@ -105,7 +112,11 @@ def run_recipe(
     # a fine-tuned base is always scored: its metric is what the pruned model is compared with
     if recipe.evaluate is not None and (recipe.evaluate.original or recipe.finetune_base is not None):
         with timer("evaluate"):
-            evaluations["original"] = _evaluate(TorchClassifier(net, tokenizer, "original"), recipe, task_data, progress)
+            if lm_task:
+                perplexities["original"] = _perplexity(TorchLM(net, "original"), recipe, task_data, progress)
+            else:
+                evaluations["original"] = _evaluate(TorchClassifier(net, tokenizer, "original"), recipe, task_data,
+                                                    progress)
     original = None
     if recipe.evaluate is not None and recipe.evaluate.latency:
         # the teacher is only run forward, so it doubles as the unpruned latency reference
@@ -220,8 +231,18 @@ def run_recipe(
                 run.export = ExportSummary.from_dict(_export(net, tokenizer, tmp / "onnx", recipe.export).to_json())
         if recipe.evaluate is not None:
             with timer("evaluate"):
-                evaluations["pruned"] = _evaluate(TorchClassifier(net, tokenizer, "pruned"), recipe, task_data, progress)
-                if recipe.evaluate.onnx and run.export is not None:
+                if lm_task:
+                    perplexities["pruned"] = _perplexity(TorchLM(net, "pruned"), recipe, task_data, progress)
+                else:
+                    evaluations["pruned"] = _evaluate(TorchClassifier(net, tokenizer, "pruned"), recipe, task_data,
+                                                      progress)
+                if lm_task and recipe.evaluate.onnx and run.export is not None:
+                    for kind, name in run.export.files.items():
+                        # dynamic int8 scales each batch: one window per batch, as for GLUE examples
+                        perplexities[f"onnx_{kind}"] = _perplexity(OnnxLM(tmp / "onnx" / name, f"onnx {kind}"), recipe,
+                                                                   task_data, progress,
+                                                                   batch_size=1 if kind == "quantized" else None)
+                if not lm_task and recipe.evaluate.onnx and run.export is not None:
                     for kind, name in run.export.files.items():
                         runner = OnnxClassifier(tmp / "onnx" / name, tokenizer)
                         runner.name = f"onnx {kind}"
@@ -229,7 +250,8 @@ def run_recipe(
                         # independent of evaluate.batch_size
                         batch = 1 if kind == "quantized" else None
                         evaluations[f"onnx_{kind}"] = _evaluate(runner, recipe, task_data, progress, batch_size=batch)
-            run.evaluation = evaluations
+            run.evaluation = None if lm_task else evaluations
+            run.perplexity = perplexities if lm_task else None
             if original is not None:
                 with timer("latency"):
                     run.latency = LatencySummary.from_dict(_latency(original, net))
@@ -255,6 +277,12 @@ def _check_lengths(recipe: Recipe, net) -> Recipe:
         recipe = dataclasses.replace(recipe, calibration=cal)
     if recipe.task is None:
         return recipe
+    if recipe.task.perplexity:  # the window: unset, the model's positions (at most 1024); stride unset: half of it
+        from .evaluate.perplexity import resolve_lengths
+
+        n, stride = resolve_lengths(net.config, recipe.task.max_length, recipe.task.stride,
+                                    "recipe field 'task.max_length'", "recipe field 'task.stride'")
+        return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=n, stride=stride))
     n = check_max_length(net.config, recipe.task.max_length, "recipe field 'task.max_length'")
     return dataclasses.replace(recipe, task=dataclasses.replace(recipe.task, max_length=n))
 
@@ -319,12 +347,23 @@ def _reconstruct_batches(recipe: Recipe, tokenizer, net, batches):
     return calibration_batches(cal, tokenizer, net.config, recipe.seed)
 
 
-def _task_data(recipe: Recipe, net) -> dict:
-    """The recipe's GLUE splits, loaded (and checked) up front."""
+def _task_data(recipe: Recipe, net, tokenizer=None) -> dict:
+    """The recipe's GLUE splits (or, for task wikitext, the text file's token stream),
+    loaded (and checked) up front."""
     out: dict = {}
     if recipe.task is None:
         return out
     t = recipe.task
+    if t.perplexity:
+        if recipe.evaluate is not None:
+            from .evaluate.perplexity import read_text_file, token_stream
+            from .task_head import check_causal_lm
+
+            check_causal_lm(net, f"recipe field 'task.name' is {t.name}, scored by perplexity, which needs a causal "
+                                 f"language model")
+            text = read_text_file(t.data_file, "task.data_file")
+            out["stream"], _ = token_stream(text, tokenizer, f"task.data_file {t.data_file}")
+        return out
     task = glue_task(t.name)
     tuned = recipe.finetune_base is not None or recipe.finetune_recovery is not None
     if tuned:
@@ -348,6 +387,18 @@ def _evaluate(runner, recipe: Recipe, data: dict, progress: bool, batch_size: in
     res = score_splits(runner, data["eval"], n, recipe.task.max_length, progress)
     return EvalSummary.from_dict({**res.to_json(), "main": res.main, "batch_size": n,
                                   "batching": INT8_BATCHING if batch_size == 1 else None})
+
+
+def _perplexity(runner, recipe: Recipe, data: dict, progress: bool, batch_size: int | None = None) -> PerplexitySummary:
+    """Perplexity of a runner (TorchLM / OnnxLM) on task.data_file; ``batch_size``
+    overrides evaluate.batch_size (int8: one window per batch)."""
+    from .evaluate.perplexity import perplexity
+
+    t = recipe.task
+    n = batch_size or recipe.evaluate.batch_size
+    res = perplexity(runner, data["stream"], t.max_length, t.stride, n, limit=t.eval_tokens, source=t.data_file,
+                     task=t.name, progress=progress)
+    return PerplexitySummary.from_dict({**res.to_json(), "batching": INT8_WINDOW_BATCHING if batch_size == 1 else None})
 
 
 def _latency(original, pruned, batch: int = 8, seq: int = 128, runs: int = 10) -> dict:

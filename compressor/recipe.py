@@ -31,6 +31,14 @@ from .schema import (
 )
 
 CALIBRATION_SOURCES = ("random_tokens", "text_file", "glue")
+# Tasks scored by perplexity on a plain-text file, for causal language models
+# (compressor/evaluate/perplexity.py); every other task name is a GLUE task.
+PERPLEXITY_TASKS = ("wikitext",)
+
+
+def is_perplexity_task(name: str | None) -> bool:
+    return name is not None and name.lower() in PERPLEXITY_TASKS
+
 
 TOP = {
     "model": Field("str", "default", help="'default' (embedded MiniLM), a local folder or a hub id"),
@@ -59,6 +67,7 @@ CALIBRATION = {
     "task": Field("str", None, nullable=True, help="glue: task name"),
     "data_dir": Field("str", None, nullable=True, help="glue: folder in the GLUE TSV layout"),
     "split": Field("choice", "train", choices=("train", "dev", "validation", "test")),
+    "skip_headings": Field("bool", False, help="text_file: leave out WikiText section headings (' = Title = ' lines)"),
 }
 
 HEAD_TARGET = {
@@ -110,7 +119,16 @@ TASK = {
                         help="tokens per example; default 128, or the model's positions when fewer"),
     "train_examples": Field("int", None, lo=1, nullable=True, help="fine-tune on a seeded subset of train"),
     "eval_examples": Field("int", None, lo=1, nullable=True, help="evaluate on the first N of a seeded shuffle"),
+    # task wikitext (perplexity of a causal LM); max_length is then the window length
+    # (unset: the model's positions, at most 1024)
+    "data_file": Field("str", None, nullable=True, help="wikitext: the plain-text file scored (wikitext-2/test.txt)"),
+    "stride": Field("int", None, lo=1, hi=4096, nullable=True,
+                    help="wikitext: tokens between window starts (default max_length // 2)"),
+    "eval_tokens": Field("int", None, lo=2, nullable=True, help="wikitext: score only the first N tokens of the file"),
 }
+# TASK fields that belong to one kind of task only
+GLUE_ONLY = ("data_dir", "train_examples", "eval_examples")
+PERPLEXITY_ONLY = ("data_file", "stride", "eval_tokens")
 
 FINETUNE_RUN = {
     "max_steps": Field("int", None, lo=1, hi=MAX_STEPS, nullable=True),
@@ -136,7 +154,8 @@ FINETUNE = {
 
 EVALUATE = {
     "split": Field("choice", "dev", choices=("dev", "train", "dev_matched", "dev_mismatched")),
-    "batch_size": Field("int", 64, lo=1, hi=MAX_BATCH),
+    "batch_size": Field("int", None, lo=1, hi=MAX_BATCH, nullable=True,
+                        help="default 64 examples (GLUE) or 4 windows (wikitext)"),
     "original": Field("bool", True, help="also score the unpruned model, for the comparison"),
     "onnx": Field("bool", True, help="also score the exported ONNX graphs (needs export)"),
     "latency": Field("bool", True, help="time the pruned model against the original (PyTorch, batch 8 x 128)"),
@@ -166,6 +185,7 @@ class CalibrationConfig:
     task: str | None = None
     data_dir: str | None = None
     split: str = "train"
+    skip_headings: bool = False  # text_file: leave out WikiText's " = Heading = " lines
 
 
 @dataclass(frozen=True)
@@ -225,6 +245,14 @@ class TaskConfig:
     max_length: int | None = None  # None: 128, or the model's positions when fewer (resolved on load)
     train_examples: int | None = None
     eval_examples: int | None = None
+    data_file: str | None = None  # wikitext: the text file scored
+    stride: int | None = None  # wikitext: None: max_length // 2
+    eval_tokens: int | None = None  # wikitext: the first N tokens only
+
+    @property
+    def perplexity(self) -> bool:
+        """Scored by perplexity on a text file (a causal LM), not by a GLUE metric."""
+        return is_perplexity_task(self.name)
 
 
 @dataclass(frozen=True)
@@ -292,8 +320,29 @@ def _check_task(data: Any) -> TaskConfig:
 
     d = check_mapping(data, TASK, "task")
     key = d["name"].lower().replace("-", "")
+    if is_perplexity_task(key):
+        return _check_perplexity_task(d, key)
     if key not in GLUE_TASKS:
-        raise RecipeError(f"recipe field 'task.name' must be one of {', '.join(GLUE_TASKS)}; got {d['name']!r}")
+        raise RecipeError(f"recipe field 'task.name' must be one of {', '.join(GLUE_TASKS)}; got {d['name']!r} "
+                          f"(or {', '.join(PERPLEXITY_TASKS)}: perplexity of a causal LM on a text file)")
+    given = [f for f in PERPLEXITY_ONLY if d[f] is not None]
+    if given:
+        raise RecipeError(f"recipe field 'task.{given[0]}' applies to task {PERPLEXITY_TASKS[0]} (perplexity); "
+                          f"task {key} is a GLUE task")
+    return TaskConfig(**{**d, "name": key})
+
+
+def _check_perplexity_task(d: dict, key: str) -> TaskConfig:
+    given = [f for f in GLUE_ONLY if d[f] is not None]
+    if given:
+        raise RecipeError(f"recipe field 'task.{given[0]}' applies to GLUE tasks; task {key} reads one text "
+                          f"file (task.data_file)")
+    if d["data_file"] is None:
+        raise RecipeError(f"recipe field 'task.data_file' is required for task {key}: the plain-text file whose "
+                          f"perplexity is measured (e.g. wikitext-2/test.txt)")
+    if d["stride"] is not None and d["max_length"] is not None and d["stride"] > d["max_length"]:
+        raise RecipeError(f"recipe field 'task.stride' is {d['stride']}, above task.max_length ({d['max_length']}); "
+                          f"use 1..{d['max_length']}")
     return TaskConfig(**{**d, "name": key})
 
 
@@ -324,9 +373,22 @@ def _check_calibration(data: Any) -> CalibrationConfig:
         )
     if c.source == "text_file" and not c.path:
         raise RecipeError("recipe field 'calibration.path' is required when calibration.source is text_file")
+    if c.skip_headings and c.source != "text_file":
+        raise RecipeError(f"recipe field 'calibration.skip_headings' applies to calibration.source text_file; "
+                          f"the source is {c.source}")
     if c.source == "glue" and not c.task:
         raise RecipeError("recipe field 'calibration.task' is required when calibration.source is glue")
     return c
+
+
+def _check_evaluate(data: Any, task: TaskConfig | None) -> EvaluateConfig:
+    d = check_mapping(data, EVALUATE, "evaluate")
+    if task is not None and task.perplexity and "split" in data:
+        raise RecipeError(f"recipe field 'evaluate.split' applies to GLUE tasks; task {task.name} scores "
+                          f"task.data_file")
+    if d["batch_size"] is None:  # windows of up to 1024 tokens x the vocabulary's logits: fewer per batch
+        d["batch_size"] = 4 if task is not None and task.perplexity else 64
+    return EvaluateConfig(**d)
 
 
 def _check_scorers(data: list | None) -> tuple[ScorerConfig, ...]:
@@ -431,7 +493,8 @@ def _check_labels(scorers: tuple[ScorerConfig, ...], calibration: CalibrationCon
             where = f"calibration.source is {calibration.source}" if calibration.source != "glue" else "the test split has no labels"
             raise RecipeError(
                 f"recipe field 'scorers[{i}]' ({s.name}) needs labelled calibration data, and {where}: set "
-                f"calibration: {{source: glue, split: train}} with a task, or scorers[{i}].params.label_free: output"
+                f"calibration: {{source: glue, split: train}} with a task, or scorers[{i}].params.label_free: output "
+                f"(or lm, the next-token loss of a causal LM)"
             )
 
 
@@ -458,9 +521,12 @@ def parse_recipe(data: Any, name: str = "recipe") -> Recipe:
         base = _check_finetune_run(base, "finetune.base", top["seed"], distill_ok=False)
     if recovery is not None:
         recovery = _check_finetune_run(recovery, "finetune.recovery", top["seed"], distill_ok=True)
-    evaluate = EvaluateConfig(**check_mapping(top["evaluate"], EVALUATE, "evaluate")) if top["evaluate"] is not None else None
+    evaluate = _check_evaluate(top["evaluate"], task) if top["evaluate"] is not None else None
+    if task is not None and task.perplexity and top["finetune"] is not None:
+        raise RecipeError(f"recipe field 'finetune' fine-tunes on a GLUE task; task {task.name} is only scored "
+                          f"(perplexity), not trained on")
     cal_data = top["calibration"]
-    if task is not None and isinstance(cal_data, dict) and cal_data.get("source") == "glue":
+    if task is not None and not task.perplexity and isinstance(cal_data, dict) and cal_data.get("source") == "glue":
         # glue calibration defaults to the recipe's task and data
         cal_data = {"task": task.name, "data_dir": task.data_dir, **cal_data}
     calibration = _check_calibration(cal_data)
@@ -535,4 +601,4 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, name=p.stem)
 
 
-__all__ = ["Recipe", "ExportConfig", "TaskConfig", "FinetuneConfig", "DistillConfig", "EvaluateConfig", "CalibrationConfig", "ReconstructConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "BudgetTarget", "load_recipe", "parse_recipe", "with_calibration_text"]
+__all__ = ["PERPLEXITY_TASKS", "is_perplexity_task", "Recipe", "ExportConfig", "TaskConfig", "FinetuneConfig", "DistillConfig", "EvaluateConfig", "CalibrationConfig", "ReconstructConfig", "ScorerConfig", "HeadTarget", "NeuronTarget", "BudgetTarget", "load_recipe", "parse_recipe", "with_calibration_text"]

@@ -19,6 +19,9 @@ from .errors import CompressorError
 # int8 graphs are evaluated one example per batch: dynamic quantization scales the
 # activations of each batch (padding included), so batched int8 figures depend on the
 # batch size and on which examples share a batch.
+# perplexity windows of int8 graphs: the same reason, one window per batch
+INT8_WINDOW_BATCHING = ("one window per batch: dynamic int8 scales activations per batch, so batched figures would "
+                        "depend on the batch size")
 INT8_BATCHING = ("one example per batch: dynamic int8 scales activations per batch (padding included), "
                  "so batched figures would depend on the batch size")
 
@@ -131,6 +134,31 @@ class EvalSummary(_Record):
 
 
 @dataclass
+class PerplexitySummary(_Record):
+    """One causal LM scored by perplexity on a text file (evaluate.perplexity.PerplexityResult
+    + why its batching differs, when it does)."""
+
+    WHERE = "perplexity"
+
+    task: str
+    source: str
+    backend: str
+    perplexity: float
+    nll: float  # mean negative log-likelihood per scored token, nats
+    tokens: int
+    scored_tokens: int
+    windows: int
+    max_length: int
+    stride: int
+    batch_size: int
+    model: str = ""
+    file_tokens: int | None = None
+    method: str = ""
+    seconds: float | None = None
+    batching: str | None = None
+
+
+@dataclass
 class ExportSummary(_Record):
     """export.onnx.ExportResult as recorded in metrics.json."""
 
@@ -227,6 +255,8 @@ class RunMetrics:
     export: ExportSummary | None = None
     evaluation: dict[str, EvalSummary] | None = None
     latency: LatencySummary | None = None
+    # task wikitext: perplexity of the original, the pruned model and its ONNX graphs
+    perplexity: dict[str, PerplexitySummary] | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -235,7 +265,7 @@ class RunMetrics:
             cls, d, "metrics",
             before=SizeSummary.from_dict, after=SizeSummary.from_dict, budget=BudgetSummary.from_dict,
             reconstruct=ReconstructSummary.from_dict, finetune=_map(FinetuneSummary), export=ExportSummary.from_dict,
-            evaluation=_map(EvalSummary), latency=LatencySummary.from_dict,
+            evaluation=_map(EvalSummary), latency=LatencySummary.from_dict, perplexity=_map(PerplexitySummary),
         )
 
     @classmethod
@@ -266,5 +296,7 @@ class RunMetrics:
             out["evaluation"] = {k: v.to_dict() for k, v in self.evaluation.items()}
         if self.latency is not None:
             out["latency"] = self.latency.to_dict()
+        if self.perplexity is not None:
+            out["perplexity"] = {k: v.to_dict() for k, v in self.perplexity.items()}
         out["stage_seconds"] = dict(self.stage_seconds)
         return out

@@ -84,3 +84,25 @@ def with_task_head(model: nn.Module, task: GlueTask, attn_implementation: str | 
                               f"unexpected {unexpected[:3]})")
     new.to(next(model.parameters()).device)
     return new.train(model.training)
+
+
+def lm_head_problem(model: nn.Module) -> str | None:
+    """Why ``model`` cannot predict the next token (None when it can): an encoder (not
+    causal), or a decoder without a language-model head (no logits over the vocabulary)."""
+    spec = adapter_for(model).spec
+    name = type(model).__name__
+    if not spec.causal:
+        return f"{name} ({spec.name}) is an encoder: it attends both ways and has no next-token predictions"
+    if head_labels(model) is not None:
+        return f"{name} is a sequence classifier: its head predicts {head_labels(model)} label(s), not the next token"
+    get = getattr(model, "get_output_embeddings", None)
+    if get is None or get() is None:
+        return f"{name} ({spec.name}) has no language-model head (no logits over the vocabulary)"
+    return None
+
+
+def check_causal_lm(model: nn.Module, why: str = "perplexity needs a causal language model") -> None:
+    """One line when ``model`` is not a causal language model with an LM head."""
+    problem = lm_head_problem(model)
+    if problem is not None:
+        raise CompressorError(f"{why}; {problem}")

@@ -2,7 +2,9 @@
 
 - random_tokens: random vocabulary ids wrapped in the model's special tokens, lengths
   uniform in [min_length, max_length]. Needs no data at all (zero-shot).
-- text_file: one text per line, the first num_sequences non-empty lines.
+- text_file: one text per line, the first num_sequences non-empty lines (with
+  skip_headings, WikiText's ``= Heading =`` lines are left out too). For a decoder this
+  is the natural calibration: each line (a WikiText paragraph) is one sequence.
 - glue: a GLUE task's texts from a local TSV folder or the hub, with their labels
   (class ids, or scores for STS-B) for scorers that need the task loss (fisher);
   the test split has none.
@@ -13,6 +15,7 @@ Sequences are sorted by length before batching so padding (wasted compute) is sm
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +129,15 @@ def _encode_texts(texts: list[tuple[str, ...]], tokenizer, cfg: CalibrationConfi
     return out, (types if pairs and types and all(x is not None for x in types) else None)
 
 
+_HEADING = re.compile(r"(= )+\S.*?( =)+")
+
+
+def is_heading(line: str) -> bool:
+    """A WikiText section heading: ``= Title =``, ``= = Section = =`` (stripped): markup
+    of 2-10 tokens, not running text."""
+    return _HEADING.fullmatch(line) is not None
+
+
 def fit_length(cfg: CalibrationConfig, config, what: str = "calibration max_length") -> CalibrationConfig:
     """The calibration with a max_length the model can take: an error naming both numbers
     when it asks for more positions than the model has; unset (None), 128 or the model's
@@ -159,9 +171,10 @@ def calibration_batches(cfg: CalibrationConfig, tokenizer, config, seed: int) ->
         from ..files import read_text
 
         lines = [ln.strip() for ln in read_text(path, "calibration text file").splitlines()]
-        texts = [(ln,) for ln in lines if ln]
+        texts = [(ln,) for ln in lines if ln and not (cfg.skip_headings and is_heading(ln))]
         if not texts:
-            raise CompressorError(f"calibration text file {path} has no non-empty line")
+            raise CompressorError(f"calibration text file {path} has no non-empty line"
+                                  f"{' that is not a heading' if cfg.skip_headings else ''}")
         seqs, types = _encode_texts(texts, tokenizer, cfg)
     elif cfg.source == "glue":
         if cfg.split == "test":  # GLUE's test splits carry no labels

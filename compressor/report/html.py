@@ -122,6 +122,8 @@ def _reconstruct(run: RunMetrics) -> str:
 def _evaluation(run: RunMetrics) -> str:
     ev = run.evaluation
     lat = run.latency
+    if not ev and not lat and run.perplexity:
+        return ""  # a causal LM scored by perplexity: its own section
     if not ev and not lat:
         return ('<section id="evaluation"><h2>Accuracy and latency</h2><p class="note">Not measured in this run: '
                 "add a <code>task</code> and an <code>evaluate</code> stage to the recipe.</p></section>")
@@ -155,6 +157,28 @@ def _evaluation(run: RunMetrics) -> str:
                      f"({lat.runs} runs each).</p>{_table(('model', 'median ms', 'p90 ms', 'vs original'), rows)}")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _perplexity(run: RunMetrics) -> str:
+    """Perplexity of the original, the pruned model and its ONNX graphs (task wikitext)."""
+    ppl = run.perplexity
+    if not ppl:
+        return ""
+    first = next(iter(ppl.values()))
+    base = ppl["original"].perplexity if "original" in ppl else None
+    rows = []
+    for kind, p in ppl.items():
+        change = "-" if base is None or kind == "original" else f"{p.perplexity / base:.3f}x"
+        rows.append((kind, p.backend, f"{p.scored_tokens:,}", p.windows, p.batch_size, f"{p.nll:.4f}",
+                     f"{p.perplexity:.4g}", change))
+    notes = [f"{kind}: {p.batching}" for kind, p in ppl.items() if p.batching]
+    return ('<section id="perplexity"><h2>Perplexity</h2>'
+            f"<p>Task {_esc(first.task)} on <code>{_esc(first.source)}</code>: {first.tokens:,} tokens"
+            f"{'' if first.file_tokens in (None, first.tokens) else f' (the first of {first.file_tokens:,})'}, windows of "
+            f"{first.max_length} tokens every {first.stride} ({_esc(first.method or 'sliding window')}). "
+            "Perplexity = exp(mean negative log-likelihood per scored token, nats); lower is better.</p>"
+            f"{_table(('model', 'runtime', 'tokens scored', 'windows', 'batch', 'mean NLL', 'perplexity', 'vs original'), rows)}"
+            + "".join(f'<p class="note">{_esc(n)}.</p>' for n in notes) + "</section>")
 
 
 def _finetune(run: RunMetrics) -> str:
@@ -356,6 +380,7 @@ def render_report(metrics: RunMetrics | dict, plan: dict, results: dict | None =
         _reconstruct(run),
         _finetune(run),
         _evaluation(run),
+        _perplexity(run),
         _scores(results, layout_heads, plan),
         _barcode_from_js(results, layout_heads),
         _export(run),

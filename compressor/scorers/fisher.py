@@ -19,6 +19,12 @@ z ~ N(0, I) shaped like h, loss = sum <z, h>, g = J^T z, and E[g_i^2] = (J^T J)_
 (J^T J)_ii / 2 is the quadratic estimate of ||h(without unit i) - h||^2 / 2, the output
 error removing the unit causes; README gives the measured agreement with direct ablation.
 
+``label_free: lm``: for a causal language model (GPT-2, LLaMA) on unlabelled text, its
+own label: the next-token negative log-likelihood, per example the sum over its real
+positions t whose next token is real of -log p(x_{t+1} | x_<=t) (the loss it was trained
+with; Kwon et al.'s task loss, with the text as labels). One backward per batch, like the
+task loss. Refused (one line) on a model without an LM head.
+
 One forward and one backward (per probe) per batch; the masks have a batch dimension
 so their gradient holds every example's own gradient. Per layer the scorer also
 accumulates the Fisher matrix sum_e g_e g_e^T of the layer's heads ([h, h]) and neurons
@@ -33,10 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import CompressorError, RecipeError
 from ..masking import final_hidden, task_losses
-from ..task_head import head_labels
+from ..task_head import head_labels, lm_head_problem
 from ..types import HeadScores, NeuronScores, Scores
 from .base import CaptureBatch, Scorer, ScoringContext, register_scorer
 
@@ -54,7 +61,13 @@ class FisherScorer(Scorer):
             raise RecipeError(
                 f"scorer 'fisher' needs a model with a task head for its loss, and {type(ctx.model).__name__} has "
                 f"none; fine-tune one first (finetune.base) or set scorers[].params.label_free: output"
+                f"{' (or lm: the next-token loss)' if lm_head_problem(ctx.model) is None else ''}"
             )
+        if self.p["label_free"] == "lm":
+            problem = lm_head_problem(ctx.model)
+            if problem is not None:
+                raise RecipeError(f"scorer 'fisher' with label_free: lm needs a causal language model; {problem} "
+                                  f"(use label_free: output)")
         seed = self.p["seed"] if self.p["seed"] is not None else ctx.seed
         self.gen = torch.Generator().manual_seed(seed)
         lay = ctx.layout
@@ -66,6 +79,14 @@ class FisherScorer(Scorer):
         self.examples = 0
 
     def losses(self, output: Any, batch: CaptureBatch) -> list[torch.Tensor]:
+        if self.p["label_free"] == "lm":
+            logits = output.logits  # [batch, seq, vocab]
+            mask = batch.attention_mask.to(logits.device).bool()
+            ids = batch.input_ids.to(logits.device)
+            scored = mask[:, :-1] & mask[:, 1:]  # [batch, seq - 1]: a real token predicting a real next one
+            pred = logits[:, :-1][scored]  # [scored, vocab]
+            pred = pred if pred.dtype == torch.float64 else pred.float()  # half precision: the loss in float32
+            return [F.cross_entropy(pred, ids[:, 1:][scored], reduction="sum")]
         if self.p["label_free"] == "output":
             h = final_hidden(output)  # [batch, seq, hidden]
             real = batch.attention_mask.to(h.device)[:, :, None].to(h.dtype)
@@ -84,7 +105,7 @@ class FisherScorer(Scorer):
         return [task_losses(output.logits, labels, reduction="sum")]
 
     def update(self, batch: CaptureBatch) -> None:
-        probes = self.p["probes"] if self.p["label_free"] else 1
+        probes = self.p["probes"] if self.p["label_free"] == "output" else 1
         self.examples += int(batch.input_ids.shape[0])
         for sq, block, grads in ((self.head_sq, self.head_block, batch.head_grads),
                                  (self.neuron_sq, self.neuron_block, batch.neuron_grads)):
@@ -95,8 +116,10 @@ class FisherScorer(Scorer):
                     block[layer].addmm_(g.t().to(block[layer].dtype), g.to(block[layer].dtype), alpha=1.0 / probes)
 
     def finish(self) -> Scores:
-        info = {"loss": "output (Gauss-Newton, random probes)" if self.p["label_free"] else "task",
-                "examples": self.examples, "probes": self.p["probes"] if self.p["label_free"] else None}
+        loss = {"output": "output (Gauss-Newton, random probes)", "lm": "lm (next-token negative log-likelihood)",
+                None: "task"}[self.p["label_free"]]
+        info = {"loss": loss, "examples": self.examples,
+                "probes": self.p["probes"] if self.p["label_free"] == "output" else None}
         heads_extras: dict[str, Any] = dict(info)
         neuron_extras: dict[str, Any] = dict(info)
         if self.head_block is not None:

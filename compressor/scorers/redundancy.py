@@ -58,7 +58,8 @@ class RedundancyScorer(Scorer):
         sampled_js = "js" in self.p["metrics"] and self.p["js_query_sample"] is not None
         token = [m for m in self.p["metrics"] if m in TOKEN_METRICS and not (m == "js" and sampled_js)]
         if token:
-            for m, per_seq in token_metric_means(a, mask, token).items():
+            # causal maps: Pearson's samples are each query's visible keys (head_distances.keys_seen)
+            for m, per_seq in token_metric_means(a, mask, token, causal=self.ctx.adapter.spec.causal).items():
                 self._add(m, per_seq if m == "js" else SIMILARITY_TO_DISTANCE[m](per_seq), b)
         if sampled_js:
             self._add("js", *self._sampled_js(a, mask))

@@ -18,6 +18,15 @@ Student's tail, more conservative for few sequences). A head may hold several ro
 
 Scores (higher = keep): number of roles, then the largest mean bias, so heads without
 any role are pruned first, then those with fewest roles and lowest bias.
+
+Causal models (GPT-2, LLaMA; ``ArchSpec.causal``): a query sees only itself and the keys
+before it, so every sieve is cut to those keys (local: the token and its two
+predecessors, 3 keys; block: its own segment so far; a dependency relation: whichever of
+the two tokens comes later sees the earlier) and the baseline "mean over all keys" is
+the mean over the q + 1 keys query q sees; uniform causal attention still has bias 1.
+The ``next`` sieve is never visible to a causal query: it is left out with a notice (a
+recipe listing no other sieve is refused). cls / delimiter use the tokenizer's BOS on
+a decoder (the first token, where many decoder heads park their attention).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..head_distances import keys_seen
 from ..types import HeadScores, Scores
 from .specs import POSITIONAL_SIEVES, SYNTACTIC_SIEVES
 from .base import CaptureBatch, Scorer, delimiter_ids, per_layer, register_scorer
@@ -156,12 +166,19 @@ def syntactic_sieves(input_ids, mask, tokenizer, parser: Parser, names) -> tuple
     return out, len(bad)
 
 
-def sieve_bias(attn: torch.Tensor, sieves: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def causal_keys(q: int, k: int) -> torch.Tensor:
+    """[q, k] bool: the keys a causal query sees (itself and those before it)."""
+    return torch.ones(q, k, dtype=torch.bool).tril()
+
+
+def sieve_bias(attn: torch.Tensor, sieves: torch.Tensor, mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
     """Per sequence, head and sieve: mean over queries of the sieve bias. [batch, N, sieves]
     (NaN where no query of the sequence has a non-empty sieve).
 
-    attn [batch, N, q, k]; sieves [batch, q, k, S]. One batched matmul over the key axis
-    per query gives every head's in-sieve mass for every sieve."""
+    attn [batch, N, q, k]; sieves [batch, q, k, S] (for a causal model already cut to
+    the keys each query sees). One batched matmul over the key axis per query gives
+    every head's in-sieve mass for every sieve. ``causal``: the baseline is the mean over
+    the q + 1 keys query q sees, not over all L real keys."""
     b, q, k, _ = sieves.shape
     # a last all-keys column makes the same matmul return each row's total mass
     sf = torch.cat([sieves.float(), sieves.new_ones(b, q, k, 1, dtype=torch.float)], -1)  # [batch, q, k, S + 1]
@@ -169,7 +186,8 @@ def sieve_bias(attn: torch.Tensor, sieves: torch.Tensor, mask: torch.Tensor) -> 
     masses = by_query @ sf  # [batch, q, N, S + 1] attention mass inside each sieve, and in all
     inside, total = masses[..., :-1], masses[..., -1]  # total [batch, q, N]: 1 for real queries
     size = sf[..., :-1].sum(2)  # [batch, q, S] keys in each sieve
-    n_real = mask.sum(1).float()[:, None, None, None]  # [batch, 1, 1, 1] real length L
+    # [batch, q, 1, 1] real keys each query sees: all L, or (causal) those up to the query
+    n_real = keys_seen(mask, q, causal)[:, :, None, None]
     valid = (size > 0) & mask.bool()[:, :, None]  # [batch, q, S]
     # mean inside / mean over all keys = (inside / |S|) / (total / L)
     bias = inside * n_real / (size[:, :, None, :].clamp_min(1) * total[..., None].clamp_min(1e-12))
@@ -202,6 +220,16 @@ class SieveRolesScorer(Scorer):
             log.warning(self.notices[-1])
             wanted_syn = []
         self.positional = [s for s in self.p["sieves"] if s in POSITIONAL]
+        self.causal = bool(ctx.adapter.spec.causal)
+        if self.causal and "next" in self.positional:
+            self.positional.remove("next")
+            if not self.positional and not wanted_syn:
+                from ..errors import RecipeError
+
+                raise RecipeError("scorer 'sieve_roles' params.sieves lists only 'next', and a causal model's query "
+                                  "never sees the next token; list other sieves (local, prev, delimiter, cls, block, ...)")
+            self.notices.append("sieve 'next' skipped: a causal model's query never sees the next token")
+            log.info(self.notices[-1])
         self.syntactic = wanted_syn
         self._bias: list[torch.Tensor] = []
         self._unaligned = 0
@@ -218,7 +246,10 @@ class SieveRolesScorer(Scorer):
         real = mask.bool()
         self.segmented |= bool((types.masked_fill(~real, -1).amax(1) > types.masked_fill(~real, 1 << 30).amin(1)).any())
         attn = batch.heads()
-        self._bias.append(sieve_bias(attn, torch.cat(parts, -1), mask))
+        sieves = torch.cat(parts, -1)  # [batch, q, k, S]
+        if self.causal:  # keys after the query get no attention: they are in no sieve
+            sieves &= causal_keys(ids.shape[1], ids.shape[1])[None, :, :, None]
+        self._bias.append(sieve_bias(attn, sieves, mask, self.causal))
 
     def finish(self) -> Scores:
         names = self.positional + self.syntactic

@@ -122,8 +122,9 @@ SPECS: dict[str, ScorerSpec] = {s.name: s for s in (
         "max_dimension": Field("int", 1, lo=0, hi=2, help="homology up to H1 (H2 is slower)"),
     }),
     ScorerSpec("fisher", "compressor.scorers.fisher", _BOTH, frozenset({"gradients"}), params={
-        "label_free": Field("choice", None, choices=("output",), nullable=True,
-                            help="unset: the task loss from labels; output: Gauss-Newton diagonal of the final hidden states"),
+        "label_free": Field("choice", None, choices=("output", "lm"), nullable=True,
+                            help="unset: the task loss from labels; output: Gauss-Newton diagonal of the final hidden "
+                                 "states; lm: a causal LM's next-token loss on the calibration text"),
         "probes": Field("int", 1, lo=1, hi=1000, help="label_free: random probes per example (one backward each)"),
         "seed": Field("int", None, lo=0, hi=SEED_MAX, nullable=True, help="label_free probes; defaults to the recipe seed"),
         "blocks": Field("bool", True, help="keep per-layer Fisher matrices for the budget's mask rearrangement"),

@@ -191,6 +191,10 @@ def test_fused_token_metrics_equal_torch_path(isa, causal, length, threads):
         assert torch.allclose(fast[m], slow[m], atol=f32_atol(4 * length)), (m, (fast[m] - slow[m]).abs().max())
     assert list(part) == ["bhattacharyya", "js"]
     assert torch.equal(part["bhattacharyya"], fast["bhattacharyya"]) and torch.equal(part["js"], fast["js"])
+    if causal:  # Pearson over each query's prefix (decoders): both paths agree too
+        fast = token_metric_means(a, mask, ["correlation"], backend="native", causal=True)["correlation"]
+        slow = token_metric_means(a, mask, ["correlation"], backend="torch", causal=True)["correlation"]
+        assert torch.allclose(fast, slow, atol=f32_atol(4 * length)), (fast - slow).abs().max()
 
 
 def test_heads_are_a_view_of_a_by_query_layout_reused_across_batches():

@@ -5,8 +5,10 @@ scorers themselves."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +28,11 @@ print(json.dumps({"code": code, "heavy": sorted(m for m in ("torch", "transforme
 
 
 def _probe(args: list[str], cwd) -> tuple[int, list[str], str]:
+    # this checkout's compressor, not whichever one the environment has installed
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     run = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True,
-                         cwd=cwd, timeout=120, stdin=subprocess.DEVNULL)
+                         cwd=cwd, timeout=120, stdin=subprocess.DEVNULL, env=env)
     *lines, last = run.stderr.strip().splitlines()
     res = json.loads(last)
     return res["code"], res["heavy"], "\n".join(lines)
@@ -42,6 +47,8 @@ def _probe(args: list[str], cwd) -> tuple[int, list[str], str]:
     (["prune", "--model", "/no/such/model", "--plan", "p.json", "--output", "out"], 2, "model path does not exist"),
     (["export", "--model", "default", "--output", "out", "--atol", "-1"], 2, "--atol must be a finite number in the range x>=0"),
     (["evaluate", "--model", "m", "--task", "sst3"], 2, "unknown GLUE task"),
+    (["evaluate", "--model", "m", "--task", "wikitext", "--data-file", "/no/such.txt"], 2, "text file not found"),
+    (["evaluate", "--model", "m", "--task", "wikitext"], 2, "--task wikitext needs --data-file"),
     (["finetune", "--model", "/no/such", "--task", "sst2", "--output", "out"], 2, "model path does not exist"),
     (["analyze", "--model", "/no/such", "--output", "out"], 2, "model path does not exist"),
     (["reconstruct", "--model", "/no/such", "--reference", "default", "--output", "out"], 2, "model path does not exist"),
