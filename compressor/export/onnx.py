@@ -13,7 +13,8 @@ when it imports) remains for comparison. A decoder with its LM head (GPT-2, the 
 families) is exported with a key/value cache at per-layer head counts by default
 (export/kv_cache.py; optimum builds past-key-value inputs from one global head count,
 which a pruned model does not have); ``cache=False`` gives the plain ``text-generation``
-logits graph.
+logits graph. The cached graph is written with its shape arithmetic folded
+(export/shape_fold.py: each decoding step pays per node, whatever the model's width).
 
 Optimization: ONNX Runtime's transformer optimizer with ``num_heads=0``, which makes it
 read each layer's head count from that layer's reshape constants, so pruned layers are

@@ -77,11 +77,13 @@ def fold_shapes(src: Path, dst: Path) -> tuple[int, int] | None:
         infer._preprocess(model)
         while infer.run_:
             infer._infer_impl()
-    except Exception:  # any failure costs only the folding
+        # private attributes of ORT's SymbolicShapeInference (1.31): values of the
+        # integer tensors it tracked, and every tensor's inferred type
+        values, infos = infer.sympy_data_, infer.known_vi_
+    except Exception:  # any failure (an op it cannot infer, a changed ORT) costs only the folding
         return None
     finally:
         logging.getLogger("onnxruntime.tools.symbolic_shape_infer").setLevel(level)
-    values, infos = infer.sympy_data_, infer.known_vi_
     keep = {o.name for o in graph.output}
     replace: dict[str, str] = {}  # tensor -> the tensor to read instead
     first: dict[tuple, str] = {}  # (elem type, shape, value) -> first tensor with it
