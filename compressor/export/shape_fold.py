@@ -57,6 +57,16 @@ def _concrete(value) -> np.ndarray | None:
     return None if p is None else np.asarray(p)
 
 
+def _value_key(value):
+    """A hashable, untruncated form of a sympy data entry (str() of a large numpy array
+    elides its middle, which could make two different values look alike)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return tuple(_value_key(v) for v in value)
+    return str(value)
+
+
 def fold_shapes(src: Path, dst: Path) -> tuple[int, int] | None:
     """Write ``src`` with its integer shape arithmetic folded to ``dst``; (computing nodes
     before, after), or None when the shape inference fails (nothing written)."""
@@ -105,7 +115,7 @@ def fold_shapes(src: Path, dst: Path) -> tuple[int, int] | None:
                                                          folded))
                 replace[name] = folded
                 continue
-            key = (ttype.elem_type, shape, str(values[name]))
+            key = (ttype.elem_type, shape, _value_key(values[name]))
             if key in first:
                 replace[name] = first[key]
             else:
