@@ -12,7 +12,8 @@ heads) and ``targets.neurons: {ratio: 0.5, scope: per_layer}`` (704 of 1408 chan
 gate, up and down). Embeddings, norms and the LM head are not pruned.
 
 Both models are saved, reloaded and exported with compressor (a graph with the cache at
-per-layer head counts; Llama has no ONNX Runtime fusion, so the raw graph is timed).
+per-layer head counts, its shape arithmetic folded; Llama has no ONNX Runtime fusion, so
+that graph is timed, with ONNX Runtime's own load-time optimizations).
 Timed interleaved (``compressor.evaluate.generation.time_generation``), batch 1: prompt
 latency for a ``--prompt-len`` prompt (one forward that builds the cache) and decoding
 speed over ``--new-tokens`` greedy tokens with the cache, PyTorch (eager) and ORT fp32.

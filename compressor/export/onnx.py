@@ -13,7 +13,8 @@ when it imports) remains for comparison. A decoder with its LM head (GPT-2, the 
 families) is exported with a key/value cache at per-layer head counts by default
 (export/kv_cache.py; optimum builds past-key-value inputs from one global head count,
 which a pruned model does not have); ``cache=False`` gives the plain ``text-generation``
-logits graph.
+logits graph. The cached graph is written with its shape arithmetic folded
+(export/shape_fold.py: each decoding step pays per node, whatever the model's width).
 
 Optimization: ONNX Runtime's transformer optimizer with ``num_heads=0``, which makes it
 read each layer's head count from that layer's reshape constants, so pruned layers are
@@ -263,16 +264,24 @@ def _save_configs(model: nn.Module, out_dir: Path) -> None:
             gen.save_pretrained(out_dir)
 
 
-def _export_torch_onnx_cached(model: nn.Module, out_dir: Path, opset: int | None = None) -> None:
+def _export_torch_onnx_cached(model: nn.Module, out_dir: Path, opset: int | None = None) -> list[str]:
     """model.onnx of a decoder with its key/value cache (export/kv_cache.py), with the
-    eager attention (its pattern is what ONNX Runtime's optimizer knows) and the configs beside it."""
+    eager attention (its pattern is what ONNX Runtime's optimizer knows) and the configs
+    beside it; its shape arithmetic folded (export/shape_fold.py: a decoding step pays
+    per node, whatever the model's width). Returns notes for export.json."""
     from .kv_cache import export_cached
+    from .shape_fold import fold_shapes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with _eager_attention(model):
         export_cached(model, out_dir / RAW, opset or DEFAULT_OPSET)
     explicit_head_counts(out_dir / RAW)
     _save_configs(model, out_dir)
+    with _quiet_loggers(*_SHAPE_LOGGERS):
+        folded = fold_shapes(out_dir / RAW, out_dir / RAW)
+    if folded is None:
+        return ["shape arithmetic not folded: ONNX Runtime's symbolic shape inference failed on the graph"]
+    return [f"shape arithmetic folded: {folded[0]} -> {folded[1]} computing nodes"]
 
 
 def explicit_head_counts(path: Path) -> int:
@@ -505,7 +514,7 @@ def export_model(
     if used == OPTIMUM_EXPORTER:
         _export_optimum(model, out_dir, task, opset)
     elif with_cache:
-        _export_torch_onnx_cached(model, out_dir, opset)
+        notes += _export_torch_onnx_cached(model, out_dir, opset)
     else:
         _export_torch_onnx(model, out_dir, task, opset)
     if tokenizer is not None and not (out_dir / "tokenizer_config.json").is_file():
