@@ -518,7 +518,6 @@ def evaluate(ctx, model, task, data_dir, data_file, split, batch_size, max_lengt
     """Score a model (PyTorch or ONNX) on a GLUE task with the task's metrics, or a causal
     language model's perplexity on a text file (--task wikitext --data-file F)."""
     from .data.glue import eval_splits, glue_task
-    from .model_paths import _looks_like_path
     from .recipe import is_perplexity_task
 
     given = {p for p in ("data_dir", "split", "data_file", "stride")
@@ -532,21 +531,7 @@ def evaluate(ctx, model, task, data_dir, data_file, split, batch_size, max_lengt
                               f"{task} is scored as a GLUE task")
     batch_size = 64 if batch_size is None else batch_size
     glue_task(task)  # an unknown task fails before the model loads
-    local = Path(model).expanduser()
-    if _looks_like_path(model) and not local.exists():
-        raise CompressorError(f"model path does not exist: {model}")
-    if local.is_dir():
-        from .files import check_model_folder
-
-        check_model_folder(local)
-    if json_path is not None:
-        from .model_paths import DEFAULT_MODEL, default_model_path
-        from .outputs import check_output_file
-
-        protect = [local] if local.is_dir() else [default_model_path()] if model == DEFAULT_MODEL else []
-        check_output_file(json_path, protect=protect,
-                          inputs=[p for p in (local if local.is_file() else None, data_dir) if p is not None
-                                  and Path(p).expanduser().exists()])
+    _check_evaluate_paths(model, json_path, [p for p in (data_dir,) if p is not None and Path(p).expanduser().exists()])
     splits = eval_splits(task, data_dir, split, limit)
     from .evaluate.glue import runner_for, runner_max_length, score_splits
     from .progress import StageTimer
@@ -564,9 +549,29 @@ def evaluate(ctx, model, task, data_dir, data_file, split, batch_size, max_lengt
         click.echo(f"wrote {json_path}")
 
 
+def _check_evaluate_paths(model: str, json_path: Path | None, inputs: list) -> None:
+    """Before the model loads: the model path exists (a folder passes the model-folder
+    checks), and ``--json`` is not the model, an input (``inputs`` + a model file) or the
+    embedded default model's folder."""
+    from .model_paths import _looks_like_path
+
+    local = Path(model).expanduser()
+    if _looks_like_path(model) and not local.exists():
+        raise CompressorError(f"model path does not exist: {model}")
+    if local.is_dir():
+        from .files import check_model_folder
+
+        check_model_folder(local)
+    if json_path is not None:
+        from .model_paths import DEFAULT_MODEL, default_model_path
+        from .outputs import check_output_file
+
+        protect = [local] if local.is_dir() else [default_model_path()] if model == DEFAULT_MODEL else []
+        check_output_file(json_path, protect=protect, inputs=list(inputs) + ([local] if local.is_file() else []))
+
+
 def _evaluate_perplexity(model, task, data_file, given, batch_size, max_length, stride, limit, json_path, quiet):
     """compress evaluate --task wikitext: the file and options are checked before the model loads."""
-    from .model_paths import _looks_like_path
 
     wrong = sorted(given & {"data_dir", "split"})
     if wrong:
@@ -583,20 +588,7 @@ def _evaluate_perplexity(model, task, data_file, given, batch_size, max_length, 
     text = read_text(Path(data_file).expanduser(), "text file")  # missing or not UTF-8: one line, before the model
     if not text.strip():
         raise CompressorError(f"text file {Path(data_file).expanduser()} has no text (it is empty or only whitespace)")
-    local = Path(model).expanduser()
-    if _looks_like_path(model) and not local.exists():
-        raise CompressorError(f"model path does not exist: {model}")
-    if local.is_dir():
-        from .files import check_model_folder
-
-        check_model_folder(local)
-    if json_path is not None:
-        from .model_paths import DEFAULT_MODEL, default_model_path
-        from .outputs import check_output_file
-
-        protect = [local] if local.is_dir() else [default_model_path()] if model == DEFAULT_MODEL else []
-        check_output_file(json_path, protect=protect,
-                          inputs=[Path(data_file).expanduser()] + ([local] if local.is_file() else []))
+    _check_evaluate_paths(model, json_path, [Path(data_file).expanduser()])
     from .evaluate.perplexity import DEFAULT_BATCH, lm_runner_for, perplexity, resolve_lengths, token_stream
     from .progress import StageTimer
 
