@@ -103,6 +103,7 @@ def plans(draw, group: int):
     return PruningPlan.build(heads, neurons)
 
 
+@pytest.mark.smoke  # also under transformers 5 (make smoke-t5)
 @pytest.mark.parametrize("kind", FAMILIES)
 @pytest.mark.parametrize("plan", list(PLANS), ids=list(PLANS))
 def test_surgery_equals_masking(kind, plan):
@@ -155,6 +156,7 @@ def test_fused_projections_lose_each_segment():
     assert adapter_for(pruned).layout().ffn_inputs == 2
 
 
+@pytest.mark.smoke  # also under transformers 5 (make smoke-t5)
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_emptied_layer_keeps_one_attention_map_per_layer(kind):
     pruned = apply_plan(MODELS[kind], PLANS["layer emptied"])
@@ -212,6 +214,7 @@ def uniform_plans(layout) -> dict[str, PruningPlan]:
             "heads": PruningPlan.build(heads={i: [0, 1] for i in range(n)}, neurons=ffn)}
 
 
+@pytest.mark.smoke  # also under transformers 5 (make smoke-t5)
 @pytest.mark.parametrize("kind", FAMILIES + ["bert", "gpt2", "llama"])
 def test_uniform_layouts_load_with_stock_transformers(kind, tmp_path):
     """A uniform FFN cut is a stock config everywhere; uniform head cuts only where the

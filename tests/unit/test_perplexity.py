@@ -44,6 +44,7 @@ def test_windows_score_every_token_once_with_enough_context(n, max_length, data)
     assert spans[-1][1] == n or (stride == max_length and n % stride == 1)  # a last lone token has no context
 
 
+@pytest.mark.smoke  # also under transformers 5 (make smoke-t5)
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_one_window_equals_the_models_own_loss(kind):
     from tests.decoders import decoder
