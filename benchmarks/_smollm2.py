@@ -90,6 +90,10 @@ def smollm2_dir(force: bool = False) -> Path:
     try:
         tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+        if tok.pad_token is None and model.config.pad_token_id is not None:
+            # the GGUF names a padding id (2, <|im_end|>, as the original tokenizer's pad
+            # token) that transformers puts only in the config: the tokenizer gets it too
+            tok.pad_token = tok.convert_ids_to_tokens(model.config.pad_token_id)
         model.save_pretrained(work, safe_serialization=True)
         tok.save_pretrained(work)
         (work / "source.json").write_text(json.dumps({

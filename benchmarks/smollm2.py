@@ -7,19 +7,22 @@ on WikiText-2 before and after, and ONNX Runtime generation speed.
   49,152, tied embeddings. The weights are the Q4_1-quantized ones, dequantized to float32.
 - Perplexity: ``compressor.evaluate.perplexity`` on the first --eval-tokens tokens of
   WikiText-2's test.txt (the tokenizer's <|im_start|> first), windows of --max-length every
-  --stride tokens (default 512/512: non-overlapping windows, each token with 0-511 tokens
-  of context; overlapping windows cost 2x on 2 cores).
+  --stride tokens (default 2,048 tokens, 512/512: non-overlapping windows, each token with
+  0-511 tokens of context; overlapping windows cost 2x, and one evaluation of 2,048
+  tokens takes ~20 s on 2 shared cores).
 - Calibration (fisher ``label_free: lm`` and reconstruct): --calibration lines of valid.txt
   (WikiText headings skipped), up to 128 tokens each.
-- Levels: ``heads`` 1/3 of the key/value groups (30 of 90, whole groups: 3 query heads and
-  their key/value head each; global, at least 1 group per layer), ``ffn`` 25% and 50% of
-  each layer's 1536 gated channels; scorers magnitude, random (a floor) and fisher; the
-  magnitude and fisher cuts at heads 1/3 and ffn 0.5 also after ``reconstruct`` (ridge 0.1).
-- Speed: original vs heads 1/3 + ffn 0.5 by fisher (the row ``both``), both exported with
+- Levels: ``heads`` 1/6 and 1/3 of the key/value groups (15 or 30 of 90, whole groups: 3
+  query heads and their key/value head each; global, at least 1 group per layer), ``ffn``
+  10% and 25% of each layer's 1536 gated channels (a real 135M model does not survive the
+  25-50% that the trained toy of llama_wikitext.py does); scorers magnitude, random (a
+  floor) and fisher; the magnitude and fisher cuts at heads 1/3 and ffn 0.25 also after
+  ``reconstruct`` (ridge 0.1, the calibration batches).
+- Speed: original vs heads 1/3 + ffn 0.25 by fisher (the row ``both``), both exported with
   the KV cache, ONNX Runtime fp32, batch 1, ``time_generation`` (interleaved runs);
   the LM head's share of a decoded token's FLOPs gives the ceiling of the decode speedup.
 
-Run: python benchmarks/smollm2.py [--eval-tokens 4096] [--calibration 128] [--no-speed] [--no-reconstruct]
+Run: python benchmarks/smollm2.py [--eval-tokens 2048] [--calibration 128] [--no-speed] [--no-reconstruct]
 Writes benchmarks/results/smollm2.json. Not part of the test suite.
 """
 
@@ -53,7 +56,7 @@ def flops(model, seq: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--eval-tokens", type=int, default=4096)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--stride", type=int, default=512)
     ap.add_argument("--calibration", type=int, default=128, help="lines of valid.txt for fisher and reconstruct")
@@ -122,8 +125,8 @@ def main() -> None:
     rows = [{"kind": "none", "ratio": 0.0, "scorer": "-", "reconstruct": False, "groups": groups,
              "ffn": sum(layout.ffn_per_layer), "flops_kept": 1.0,
              "perplexity": base_ppl, "vs_base": 1.0}]
-    levels = [("heads", 1 / 3), ("ffn", 0.25), ("ffn", 0.5)]
-    recon_levels = {("heads", 1 / 3), ("ffn", 0.5)}
+    levels = [("heads", 1 / 6), ("heads", 1 / 3), ("ffn", 0.1), ("ffn", 0.25)]
+    recon_levels = {("heads", 1 / 3), ("ffn", 0.25)}
     recon_s = []
     pruned_models = {}
     for kind, ratio in levels:
@@ -153,11 +156,11 @@ def main() -> None:
         from compressor.export import export_model
         from compressor.models import save_model
 
-        both = apply_plan(model, plan_for("both", "fisher", 1 / 3, 0.5))
+        both = apply_plan(model, plan_for("both", "fisher", 1 / 3, 0.25))
         value = ppl(both)
         kept = flops(both, args.max_length // 2)["total"] / base_flops
         shape = adapter_for(both).layout()
-        rows.append({"kind": "both", "ratio": "heads 1/3 + ffn 0.5", "scorer": "fisher", "reconstruct": False,
+        rows.append({"kind": "both", "ratio": "heads 1/3 + ffn 0.25", "scorer": "fisher", "reconstruct": False,
                      "groups": sum(shape.groups_per_layer), "ffn": sum(shape.ffn_per_layer),
                      "flops_kept": round(kept, 3), "perplexity": value, "vs_base": value / base_ppl})
         print(rows[-1], flush=True)
@@ -170,7 +173,9 @@ def main() -> None:
                 onnx_dir.mkdir()
                 net = load_model(str(folder_m))
                 t = time.perf_counter()
-                res = export_model(net, None, onnx_dir)
+                # logits span ~30 here: float32 drift through 30 layers is ~2e-4 (absolute),
+                # above export's default atol of 1e-4, which suits small models
+                res = export_model(net, None, onnx_dir, atol=1e-3)
                 exports[label] = {"seconds": time.perf_counter() - t, "parity": res.parity,
                                   "decode_parity": res.decode_parity, "cache_heads": res.cache_heads}
                 print(f"{label}: exported in {exports[label]['seconds']:.0f} s, parity {res.parity}, "

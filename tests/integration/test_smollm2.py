@@ -33,10 +33,10 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(unavailable() is not None, reason=f"SmolLM2 weights: {unavailable()}")]
 WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2" / "test.txt"
 EVAL_TOKENS, WINDOW = 1024, 256
-# measured on this model (Q4_1 weights, 1,024 tokens, windows of 256): original 31.6,
-# pruned (below) 41.9; the bounds leave room for other CPUs and library versions
-ORIGINAL_PPL = (20.0, 45.0)
-PRUNED_OVER_ORIGINAL = 2.0
+# measured on this model (Q4_1 weights, the first 1,024 tokens, windows of 256): original
+# 24.6, pruned (below) 157.3 (6.4x); the bounds leave room for other CPUs and versions
+ORIGINAL_PPL = (20.0, 30.0)
+PRUNED_OVER_ORIGINAL = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +45,25 @@ def smol():
     return load_model(str(folder)), load_tokenizer(str(folder))
 
 
-@pytest.fixture(scope="module")
-def pruned(smol):
-    """Magnitude: 1/6 of the 90 key/value groups (global, at least 2 of 3 left per layer)
-    and 25% of every layer's FFN channels."""
+def scores(smol, name: str):
     model, tok = smol
     a = adapter_for(model)
-    s = SCORERS.get("magnitude")()
+    s = SCORERS.get(name)()
     s.begin(ScoringContext(model, a, a.layout(), 0, tok))
-    scores = s.finish()
-    plan = make_plan(a.layout(), scores.heads, scores.neurons,
+    return s.finish()
+
+
+@pytest.fixture(scope="module")
+def pruned(smol):
+    """1/6 of the 90 key/value groups by magnitude (global, at least 2 of 3 left per layer)
+    and 10% of every layer's FFN channels at random (seed 0). Magnitude is no FFN scorer
+    for this model: its 10% cut multiplies the perplexity by ~200, its 25% by ~10^5
+    (README, "SmolLM2-135M")."""
+    model = smol[0]
+    layout = adapter_for(model).layout()
+    plan = make_plan(layout, scores(smol, "magnitude").heads, scores(smol, "random").neurons,
                      HeadTarget(ratio=1 / 6, scorer="magnitude", scope="global", min_per_layer=2),
-                     NeuronTarget(ratio=0.25, scorer="magnitude", scope="per_layer"), {})
+                     NeuronTarget(ratio=0.1, scorer="random", scope="per_layer"), {})
     return plan, apply_plan(model, plan)
 
 
@@ -82,16 +89,16 @@ def test_pruned_equals_masked_on_real_text(smol, pruned):
     plan, net = pruned
     layout = adapter_for(net).layout()
     assert sum(layout.groups_per_layer) == 75 and min(layout.groups_per_layer) >= 2
-    assert layout.ffn_per_layer == (1152,) * 30
+    assert layout.ffn_per_layer == (1382,) * 30  # 1536 - ceil(153.6)
     enc = tok(["The tower is 324 metres tall, about the same height as an 81-storey building.",
                "Robert Boulter is an English film, television and theatre actor."], padding=True,
               return_tensors="pt")
     with torch.no_grad():
         a = net(**enc).logits
         b = mask_plan(model, plan)(**enc).logits
-    real = enc["attention_mask"].bool()
-    scale = b[real].abs().max().item()
-    assert (a - b)[real].abs().max().item() <= 1e-5 * max(1.0, scale) * 10  # float32 over 30 layers
+    real = enc["attention_mask"].bool()  # right padding: the padded positions' logits are not compared
+    # float32 through 30 layers: relative to the logits' range (~30), not 1e-5 absolute
+    assert (a - b)[real].abs().max().item() <= 1e-5 * b[real].abs().max().item()
 
 
 def test_perplexity_before_and_after(smol, pruned, wikitext_ids):
@@ -106,10 +113,12 @@ def test_kv_cache_export_and_greedy(smol, pruned, tmp_path):
 
     tok = smol[1]
     net = pruned[1]
-    res = export_model(net, None, tmp_path)
+    # the logits span ~30: float32 drift through 30 layers is ~2e-4 absolute (measured
+    # 2.3e-4 on the prompt), above export's default atol of 1e-4 that suits small models
+    res = export_model(net, None, tmp_path, atol=1e-3)
     assert res.cache and res.cache_heads == [h for h, _ in adapter_for(net).cache_shapes()]
     fp32 = [f for f in res.files.values() if "quantized" not in f]
-    assert all(res.parity[f] <= 1e-4 and res.decode_parity[f] <= 1e-4 for f in fp32)
+    assert all(res.parity[f] <= 1e-3 and res.decode_parity[f] <= 1e-3 for f in fp32)
     enc = tok(["The capital of France is"], return_tensors="pt")
     ours = torch_greedy(net, enc["input_ids"], enc["attention_mask"], new_tokens=8)
     assert len(np.unique(ours)) > 3
