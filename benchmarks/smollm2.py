@@ -23,7 +23,9 @@ on WikiText-2 before and after, and ONNX Runtime generation speed.
   the LM head's share of a decoded token's FLOPs gives the ceiling of the decode speedup.
 
 Run: python benchmarks/smollm2.py [--eval-tokens 2048] [--calibration 128] [--no-speed] [--no-reconstruct]
-Writes benchmarks/results/smollm2.json. Not part of the test suite.
+Writes benchmarks/results/smollm2.json. Not part of the test suite. About 17 min on 2 shared
+cores: fisher scoring 2-5 min, 17 evaluations of ~17 s, 4 reconstructs of ~3 min
+(--no-reconstruct: about 6 min), two exports and the timing about 2 min.
 """
 
 from __future__ import annotations
