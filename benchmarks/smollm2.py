@@ -36,12 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]  # this checkout's compressor
-from _common import report  # noqa: E402
-from _smollm2 import smollm2_dir, unavailable  # noqa: E402
+from _common import report
+from _smollm2 import smollm2_dir, unavailable
 
 DATA = ROOT.parent / "shared" / "data" / "wikitext-2"
 
@@ -79,7 +77,12 @@ def main() -> None:
     from compressor.evaluate.perplexity import TorchLM, perplexity, token_stream
     from compressor.models import load_tokenizer
     from compressor.planning import make_plan
-    from compressor.recipe import CalibrationConfig, HeadTarget, NeuronTarget, ReconstructConfig
+    from compressor.recipe import (
+        CalibrationConfig,
+        HeadTarget,
+        NeuronTarget,
+        ReconstructConfig,
+    )
     from compressor.reconstruct import reconstruct
     from compressor.scorers import SCORERS, ScoringContext
 
