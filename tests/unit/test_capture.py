@@ -24,8 +24,8 @@ class Recorder(Scorer):
         self.batches.append(batch)
 
 
-def capture(model, batches):
-    rec = Recorder()
+def capture(model, batches, rec: Recorder | None = None):
+    rec = Recorder() if rec is None else rec
     run_capture(model, adapter_for(model), batches, [rec], progress=False)
     return rec.batches
 

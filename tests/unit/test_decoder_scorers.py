@@ -16,32 +16,25 @@ from compressor.data.calibration import Batch
 from compressor.errors import RecipeError
 from compressor.head_distances import token_metric_means
 from compressor.scorers import SCORERS, ScoringContext
-from compressor.scorers.base import CaptureBatch, Scorer
+from compressor.scorers.base import CaptureBatch
 from compressor.scorers.head_types import distance_features, key_categories
 from compressor.scorers.sieve_roles import POSITIONAL, causal_keys, positional_sieves, sieve_bias
 from compressor.scorers.specs import SPECS
 from tests.decoders import decoder, padded_batch
+from tests.unit import test_capture
 
 KINDS = ["llama", "gpt2"]
 MODELS = {k: decoder(k) for k in KINDS}
 
 
-class Recorder(Scorer):
-    name = "recorder"
-    needs = frozenset({"attentions", "ffn_summary"})
-
-    def __init__(self):
-        self.batches = []
-
+class Recorder(test_capture.Recorder):
     def update(self, batch):
-        self.batches.append(batch)
+        super().update(batch)
         batch.heads_copy = batch.heads().clone()  # the shared buffer is reused by the next batch
 
 
 def capture(model, batches):
-    rec = Recorder()
-    run_capture(model, adapter_for(model), batches, [rec], progress=False)
-    return rec.batches
+    return test_capture.capture(model, batches, Recorder())
 
 
 @pytest.mark.parametrize("kind", KINDS)
